@@ -1,0 +1,180 @@
+"""Router throughput and latency on the real local broker (not a test).
+
+In the same run, for the same messages:
+  * raw:    an aiokafka consume -> produce passthrough (getmany, send, await acks, commit): the
+            limit of this client stack on this machine;
+  * router: one `samex worker` process (faust agent, decode, decide, produce to destination and
+            decision topics with acks=all, commit).
+Throughput = records / (last output timestamp - first output timestamp), so start-up and
+rebalancing are not counted for either. Then p50/p99 end-to-end latency (envelope received
+time -> record read by a consumer of the destination topics) at a steady 1,000 msg/s.
+Last line: {"router_msgs_per_s", "raw_msgs_per_s", "ratio", "p50_ms", "p99_ms"}, medians of 3 runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from aiokafka import TopicPartition  # noqa: E402
+
+from router.codec import default_codec  # noqa: E402
+from router.kafkaio import consumer, producer  # noqa: E402
+from router.localkafka import kafka_broker  # noqa: E402
+from router.topics import ensure_topics  # noqa: E402
+from tests.kafka_helpers import WorkerProcess, produce_records, synth_records, topic_settings  # noqa: E402
+
+N = int(os.environ.get("SAMEX_BENCH_N", "60000"))
+RUNS = int(os.environ.get("SAMEX_BENCH_RUNS", "3"))
+LAT_SECONDS = int(os.environ.get("SAMEX_BENCH_LAT_S", "20"))
+
+
+async def out_span(bootstrap: str, topics: list[str], expect: int, timeout: float = 300) -> tuple[int, float]:
+    """Wait until ``expect`` records exist across ``topics``; return (count, seconds between first and last)."""
+    c = consumer(bootstrap, group_id=None)
+    await c.start()
+    try:
+        tps = []
+        for t in topics:
+            parts = None
+            while parts is None:
+                await c._client.force_metadata_update()
+                parts = c.partitions_for_topic(t)
+            tps += [TopicPartition(t, p) for p in parts]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        n, first, last = 0, None, None
+        deadline = time.monotonic() + timeout
+        while n < expect and time.monotonic() < deadline:
+            for recs in (await c.getmany(timeout_ms=500, max_records=20000)).values():
+                for r in recs:
+                    n += 1
+                    first = r.timestamp if first is None else min(first, r.timestamp)
+                    last = r.timestamp if last is None else max(last, r.timestamp)
+        return n, ((last or 0) - (first or 0)) / 1000
+    finally:
+        await c.stop()
+
+
+async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
+    c = consumer(bootstrap, src, group_id=f"raw-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
+    p = producer(bootstrap)
+    await c.start()
+    await p.start()
+    done = 0
+    try:
+        while done < n:
+            batch = await c.getmany(timeout_ms=500, max_records=2000)
+            futs = []
+            for recs in batch.values():
+                for r in recs:
+                    futs.append(await p.send(dst, r.value, key=r.key, headers=r.headers))
+            await asyncio.gather(*futs)
+            await c.commit()
+            done += len(futs)
+    finally:
+        await c.stop()
+        await p.stop()
+    count, span = await out_span(bootstrap, [dst], n)
+    return count / span
+
+
+async def router_run(bootstrap: str, values_src: list[dict], run: int,
+                     hot_path: str = "batched") -> tuple[float, float]:
+    prefix = f"bench{run}{hot_path[0]}{uuid.uuid4().hex[:4]}."
+    s = topic_settings(bootstrap, prefix)
+    from router.rules.engine import Engine
+    from router.rules.load import load_rules
+    from router.topics import ensure_router_topics
+
+    eng = Engine(load_rules(REPO / "rules"))
+    await ensure_router_topics(s, eng.systems, eng.golive_ms)
+    await produce_records(bootstrap, s.inbound_topic, values_src)
+    # raw passthrough of the very same input records
+    await ensure_topics(bootstrap, [f"{prefix}raw-out"], partitions=6)
+    raw = await raw_passthrough(bootstrap, s.inbound_topic, f"{prefix}raw-out", len(values_src))
+    w = WorkerProcess(s, worker_id=f"bench{run}", SAMEX_HOT_PATH=hot_path).start()
+    try:
+        count, span = await out_span(bootstrap, [s.decisions_topic], len(values_src))
+        router = count / span
+    finally:
+        w.stop()
+    return router, raw
+
+
+async def latency_run(bootstrap: str, run: int) -> tuple[float, float]:
+    prefix = f"lat{run}{uuid.uuid4().hex[:4]}."
+    s = topic_settings(bootstrap, prefix)
+    from router.rules.engine import Engine
+    from router.rules.load import load_rules
+    from router.topics import ensure_router_topics
+
+    eng = Engine(load_rules(REPO / "rules"))
+    await ensure_router_topics(s, eng.systems, eng.golive_ms)
+    w = WorkerProcess(s, worker_id=f"lat{run}").start()
+    w.wait_ready()
+    await asyncio.sleep(2)
+    codec = default_codec()
+    c = consumer(bootstrap, *[s.out_topic(x) for x in eng.systems], group_id=f"{prefix}lat",
+                 auto_offset_reset="latest", fetch_max_wait_ms=5)
+    await c.start()
+    await asyncio.sleep(3)
+    lat: list[float] = []
+    recs = synth_records(1000 * LAT_SECONDS, seed=run + 10)
+
+    async def collect() -> None:
+        while len(lat) < len(recs) * 0.97:
+            for rs in (await c.getmany(timeout_ms=100, max_records=5000)).values():
+                now = time.time() * 1000
+                for r in rs:
+                    lat.append(now - codec.decode(r.value)[1]["received_time_ms"])
+
+    task = asyncio.create_task(collect())
+    await produce_records(bootstrap, s.inbound_topic, recs, rate=1000, stamp_now=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(task, 30)
+    await c.stop()
+    w.stop()
+    lat.sort()
+    warm = lat[len(lat) // 20:]  # the first 5 % include the consumer's first fetches
+    return statistics.median(warm), warm[int(len(warm) * 0.99)]
+
+
+async def main(bootstrap: str) -> None:
+    if True:  # the broker is started outside the event loop (LocalKafka waits synchronously)
+        values = synth_records(N, seed=99)
+        routers, raws, p50s, p99s = [], [], [], []
+        for run in range(RUNS):
+            router, raw = await router_run(bootstrap, values, run)
+            routers.append(router)
+            raws.append(raw)
+            print(f"run {run + 1}: router {router:,.0f} msg/s, raw passthrough {raw:,.0f} msg/s, "
+                  f"ratio {router / raw:.2f}", flush=True)
+        faust_agent, raw_f = await router_run(bootstrap, values, 99, hot_path="faust-agent")
+        print(f"for comparison, faust agent (take_events) hot path: {faust_agent:,.0f} msg/s, "
+              f"raw {raw_f:,.0f} msg/s, ratio {faust_agent / raw_f:.2f}", flush=True)
+        for run in range(RUNS):
+            p50, p99 = await latency_run(bootstrap, run)
+            p50s.append(p50)
+            p99s.append(p99)
+            print(f"latency run {run + 1} at 1,000 msg/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+        r, w = statistics.median(routers), statistics.median(raws)
+        print(json.dumps({"router_msgs_per_s": round(r), "raw_msgs_per_s": round(w),
+                          "ratio": round(statistics.median([a / b for a, b in zip(routers, raws, strict=True)]), 3),
+                          "p50_ms": round(statistics.median(p50s), 1), "p99_ms": round(statistics.median(p99s), 1),
+                          "messages": N, "runs": RUNS}))
+
+
+if __name__ == "__main__":
+    with kafka_broker() as broker:
+        asyncio.run(main(broker))

@@ -1,0 +1,1 @@
+"""Subcommand groups of the samex CLI; each module has ``register(cli)``."""

@@ -1,0 +1,1 @@
+"""Routing rules: line-aware YAML loading, validation, compilation to the engine, checks, diff."""

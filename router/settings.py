@@ -1,0 +1,74 @@
+"""One frozen settings object for every samex process (environment prefix ``SAMEX_``).
+
+Component configuration derives from it; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Development key for the patient hash. Real deployments set SAMEX_PATIENT_KEY.
+DEV_PATIENT_KEY = "samex-dev-patient-key-not-for-production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SAMEX_", frozen=True, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="bootstrap servers, comma separated")
+    inbound_topic: str = "samex.in"
+    decisions_topic: str = "samex.decisions"
+    deadletter_topic: str = "samex.deadletter"
+    deliveries_topic: str = "samex.deliveries"
+    control_topic: str = "samex.control"
+    out_topic_prefix: str = "samex.out."
+    park_topic_prefix: str = "samex.park."
+    group_id: str = "samex-router"
+    partitions: int = Field(6, ge=1, description="partitions for topics samex creates")
+    replication_factor: int = Field(1, ge=1)
+    max_record_bytes: int = Field(1_000_000, ge=1024, description="larger inbound records are dead-lettered")
+    batch_max: int = Field(2000, ge=1, description="records per poll on the hot path")
+    linger_ms: int = Field(2, ge=0)
+    etapp_lead_ms: int = Field(1000, ge=0, description="an etapp change without --at takes effect this long after "
+                               "it is published, so that every worker has it before it applies")
+    etapp_max_backdate_s: int = Field(300, ge=0, description="how far in the past --at may lie")
+    release_batch_max: int = Field(500, ge=1, description="parked records re-decided per step of a release")
+    hot_path: Literal["batched", "faust-agent"] = Field(
+        "batched", description="batched aiokafka loop inside the faust app, or faust's per-event agent")
+
+    # Privacy
+    patient_key: SecretStr = SecretStr(DEV_PATIENT_KEY)
+
+    # Rules
+    rules_dir: Path = Path("rules")
+
+    # Worker web server (/metrics, /status)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    worker_id: str = "worker-1"
+
+    # Stores
+    state_dir: Path = Path(".samex")
+    index_url: str = Field("", description="trace index: sqlite path (default under state_dir) or postgresql:// URL")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    def out_topic(self, system: str) -> str:
+        return f"{self.out_topic_prefix}{system}"
+
+    def park_topic(self, etapp: str) -> str:
+        return f"{self.park_topic_prefix}{etapp}"
+
+    @cached_property
+    def patient_key_bytes(self) -> bytes:
+        return self.patient_key.get_secret_value().encode()
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

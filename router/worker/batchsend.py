@@ -1,0 +1,68 @@
+"""Produce many records with few futures: group by (topic, partition) in order, fill aiokafka
+batches, wait for every batch's acknowledgement (acks=all, idempotent producer).
+
+Per-key order is kept: records of one key go to one partition, in the order given, inside
+batches sent in order; the idempotent producer keeps that order across retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+
+from router.worker.core import OutRecord
+
+_CACHE_MAX = 200_000
+
+
+class BatchSender:
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self._partitions: dict[str, int] = {}
+        self._key_partition: dict[tuple[bytes, int], int] = {}
+        self._rr = 0
+
+    async def _count(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            n = len(await self.producer.partitions_for(topic))
+            self._partitions[topic] = n
+        return n
+
+    def _partition(self, key: bytes | None, n: int) -> int:
+        if key is None:
+            self._rr += 1
+            return self._rr % n
+        cache_key = (key, n)
+        p = self._key_partition.get(cache_key)
+        if p is None:
+            p = (murmur2(key) & 0x7FFFFFFF) % n  # the Java client's default partitioner
+            if len(self._key_partition) > _CACHE_MAX:
+                self._key_partition.clear()
+            self._key_partition[cache_key] = p
+        return p
+
+    async def send_all(self, outs: Sequence[OutRecord]) -> None:
+        await asyncio.gather(*(await self.enqueue(outs)))
+
+    async def enqueue(self, outs: Sequence[OutRecord]) -> list[Any]:
+        """Hand the records to the producer; return the futures of their batches' acknowledgements."""
+        groups: dict[tuple[str, int], list[OutRecord]] = {}
+        for o in outs:
+            n = self._partitions.get(o.topic) or await self._count(o.topic)
+            part = o.partition if o.partition is not None and o.partition < n else self._partition(o.key, n)
+            groups.setdefault((o.topic, part), []).append(o)
+        futures = []
+        for (topic, partition), items in groups.items():
+            batch = self.producer.create_batch()
+            for o in items:
+                if batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers) is None:
+                    futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+                    batch = self.producer.create_batch()
+                    if batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers) is None:
+                        raise ValueError(f"a record for {topic} is larger than the producer's batch size")
+            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        return futures

@@ -1,0 +1,310 @@
+"""The routing core of the worker: a batch of inbound records in, output records out.
+
+Pure apart from the clock value it is given and the metrics it counts: no Kafka here, so the
+same code runs in the faust agent, in offline tests and in the benchmark.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.codec import Codec
+from router.decision import Decision
+from router.envelopereader import RoutingReader
+from router.errors import CodecError, TruncatedRecordError, UnknownSchemaError
+from router.identifiers import patient_key
+from router.metrics import WorkerMetrics
+from router.rules.engine import Engine
+from router.settings import Settings
+from router.worker.decisionenc import DecisionEncoder
+from router.worker.states import StateBook
+
+DEAD_LETTER_KEEP_BYTES = 64 * 1024
+Header = tuple[str, bytes]
+
+
+@dataclass(slots=True)
+class InRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[Header] = ()
+    timestamp_ms: int = 0
+
+
+@dataclass(slots=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[Header] = field(default_factory=list)
+    partition: int | None = None  # None: the key's partition (murmur2, as the Java client)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outputs: list[OutRecord]
+    routed_received_ms: list[int]  # received times of routed messages, for end-to-end latency after the ack
+    decisions: list[tuple[str, Decision | None]]  # (message id, decision) for each input, in order
+    parks: list[tuple[str, int]] = field(default_factory=list)  # (etapp, partition) of each parked record
+
+
+# A hook that may replace the engine's decision (e.g. results follow their orders); returns None to keep it.
+DecisionHook = Callable[[dict[str, Any], Decision, int, InRecord], Decision | None]
+
+
+def observe_many(histogram: Any, values: Sequence[float]) -> None:
+    """Observe many values into a prometheus_client Histogram with one lock round per bucket.
+
+    Same result as calling ``observe`` per value; uses the client's bucket counters directly
+    (prometheus_client has no bulk API), which saves ~3 µs per message on the hot path.
+    """
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for v in values:
+        counts[bisect.bisect_left(bounds, v)] += 1
+        total += v
+    for i, n in enumerate(counts):
+        if n:
+            histogram._buckets[i].inc(n)
+    histogram._sum.inc(total)
+
+
+def _code_of(exc: CodecError) -> str:
+    if isinstance(exc, UnknownSchemaError):
+        return "unknown_schema"
+    if isinstance(exc, TruncatedRecordError):
+        return "truncated"
+    return "undecodable"
+
+
+class RouterCore:
+    def __init__(self, settings: Settings, codec: Codec, metrics: WorkerMetrics, engine: Engine,
+                 states: StateBook | None = None, worker_id: str = "worker") -> None:
+        self.settings = settings
+        self.codec = codec
+        self.metrics = metrics
+        self.engine = engine
+        self.states = states or StateBook()
+        self.worker_id = worker_id
+        self.hooks: list[DecisionHook] = []
+        # (etapp, inbound partition) pairs whose park partition still holds unreleased records; while
+        # one does, new messages of that etapp from that partition queue behind them (per-patient order)
+        self.backlog: set[tuple[str, int]] = set()
+        self.park_seq: Counter[tuple[str, int]] = Counter()  # parks produced, per (etapp, partition)
+        self.park_unacked: Counter[tuple[str, int]] = Counter()  # parks not yet acknowledged
+        self.releasing = False
+        self._key = settings.patient_key_bytes
+        self._decision_fp = codec.fingerprint("decision")
+        self._decision_enc = DecisionEncoder(codec)
+        self._reader = RoutingReader(codec)
+
+    # -- one batch ------------------------------------------------------------------------------
+    def process(self, records: Sequence[InRecord], now_ms: int | None = None, replay_id: str | None = None,
+                extra_headers: Sequence[Header] = (), released: bool = False) -> BatchResult:
+        """Decide a batch. ``released=True``: the records come from a park topic and are re-decided
+        now (counted as released, not as new input)."""
+        self.releasing = released
+        try:
+            return self._process(records, now_ms, replay_id, extra_headers, released)
+        finally:
+            self.releasing = False
+
+    def ack_parks(self, result: BatchResult) -> None:
+        """The batch's records are acknowledged: its parks are in the park topics now."""
+        for ep in result.parks:
+            self.park_unacked[ep] -= 1
+
+    def _process(self, records: Sequence[InRecord], now_ms: int | None, replay_id: str | None,
+                 extra_headers: Sequence[Header], released: bool) -> BatchResult:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        parks: list[tuple[str, int]] = []
+        released_c: Counter[str] = Counter()
+        outs: list[OutRecord] = []
+        routed_received: list[int] = []
+        decisions: list[tuple[str, Decision | None]] = []
+        routed_c: Counter[tuple[str, str, str, str]] = Counter()
+        dead_c: Counter[str] = Counter()
+        parked_c: Counter[str] = Counter()
+        in_c: Counter[tuple[str, str]] = Counter()
+        last_seen: dict[str, int] = {}
+        engine = self.engine  # one rule set per batch, even if a reload lands meanwhile
+        states = self.states.at(now_ms)
+        timings: list[float] = []
+        observe = timings.append
+        perf = time.perf_counter
+        for rec in records:
+            value = rec.value or b""
+            if len(value) > self.settings.max_record_bytes:
+                mid = f"unknown:{rec.topic}:{rec.partition}:{rec.offset}"
+                reason = (f"record of {len(value)} bytes exceeds the {self.settings.max_record_bytes}-byte limit; "
+                          f"dead letter keeps the first {DEAD_LETTER_KEEP_BYTES} bytes")
+                self._dead(outs, rec, None, "oversized", reason, value[:DEAD_LETTER_KEEP_BYTES], engine, now_ms)
+                outs.append(self._decision_record(rec, mid, None, None, engine.version, now_ms, 0, reason,
+                                                  "dead_letter", None, replay_id))
+                dead_c["oversized"] += 1
+                decisions.append((mid, None))
+                continue
+            try:
+                # the routing fields only; the full codec (patient included) when the record has no key
+                name, env = self._reader.decode(value) if rec.key else self.codec.decode(value)
+                if name != "envelope":
+                    raise UnknownSchemaError(f"expected an envelope record, got a {name} record")
+            except CodecError as exc:
+                mid = f"unknown:{rec.topic}:{rec.partition}:{rec.offset}"
+                code = _code_of(exc)
+                self._dead(outs, rec, None, code, str(exc), value, engine, now_ms)
+                outs.append(self._decision_record(rec, mid, None, None, engine.version, now_ms, 0, str(exc),
+                                                  "dead_letter", None, replay_id))
+                dead_c[code] += 1
+                decisions.append((mid, None))
+                continue
+            kind = env["kind"]
+            if not released:
+                source = env.get("source") or "unknown"
+                in_c[(source, kind)] += 1
+                last_seen[source] = env["received_time_ms"]
+            t0 = perf()
+            decision = engine.decide(env, now_ms, states)
+            for hook in self.hooks:
+                replaced = hook(env, decision, now_ms, rec)
+                if replaced is not None:
+                    decision = replaced
+            if self.backlog and decision.outcome == "routed" and not self.releasing and decision.etapp and \
+                    (decision.etapp, rec.partition) in self.backlog:
+                decision = Decision("park", (), decision.rule, decision.rules_version, decision.etapp,
+                                    decision.etapp_state, f"{decision.etapp} is releasing parked messages; queued "
+                                    "behind them to keep per-patient order", "parked")
+            observe(perf() - t0)
+            mid = env["message_id"]
+            key = rec.key or patient_key(env["patient"]["id"], self._key).encode()
+            if released:
+                parked_etapp = rec.topic.removeprefix(self.settings.park_topic_prefix)
+                released_c[parked_etapp] += 1
+                decision = Decision(decision.outcome, decision.destinations, decision.rule, decision.rules_version,
+                                    decision.etapp, decision.etapp_state,
+                                    f"released from {rec.topic}: {decision.reason}", decision.reason_code)
+            headers = self._headers(env, decision, replay_id, extra_headers)
+            if decision.outcome == "routed":
+                for dest in decision.destinations:
+                    outs.append(OutRecord(self.settings.out_topic(dest), key, value, headers))
+                    routed_c[(kind, dest, decision.etapp or "", decision.rule or "")] += 1
+                routed_received.append(env["received_time_ms"])
+            elif decision.outcome == "park":
+                etapp = decision.etapp or "unknown"
+                # park partition = inbound partition: the release of partition p runs on the worker
+                # that owns inbound partition p, and keeps its order
+                outs.append(OutRecord(self.settings.park_topic(etapp), key, value,
+                                      [*headers, ("samex-parked-from", f"{rec.topic}:{rec.partition}:{rec.offset}"
+                                                  .encode())], rec.partition))
+                ep = (etapp, rec.partition)
+                self.backlog.add(ep)
+                self.park_seq[ep] += 1
+                self.park_unacked[ep] += 1
+                parks.append(ep)
+                parked_c[etapp] += 1
+            else:
+                self._dead(outs, rec, env, decision.reason_code, decision.reason, value, engine, now_ms)
+                dead_c[decision.reason_code] += 1
+            outs.append(self._decision_record(rec, mid, env, decision, decision.rules_version, now_ms,
+                                              now_ms - env["received_time_ms"], decision.reason,
+                                              {"routed": "routed", "park": "parked"}.get(decision.outcome,
+                                                                                          "dead_letter"),
+                                              key, replay_id))
+            decisions.append((mid, decision))
+        for hook in self.hooks:
+            drain = getattr(hook, "drain", None)
+            if drain is not None:
+                # state the hooks wrote (the order book's changelog): acknowledged with the batch
+                outs.extend(OutRecord(topic, k, v, [], 0) for topic, k, v in drain())
+        m = self.metrics
+        observe_many(m.decision_seconds, timings)
+        for (source, kind), n in in_c.items():
+            m.messages_in.labels(source, kind).inc(n)
+        for labels, n in routed_c.items():
+            m.routed.labels(*labels).inc(n)
+        for code, n in dead_c.items():
+            m.dead_letters.labels(code, "router").inc(n)
+        for etapp, n in parked_c.items():
+            m.parked.labels(etapp).inc(n)
+            m.parked_waiting.labels(etapp).inc(n)
+        for source, ms in last_seen.items():
+            m.last_message.labels(source).set(ms / 1000)
+        for etapp, n in released_c.items():
+            m.released.labels(etapp).inc(n)
+            m.parked_waiting.labels(etapp).dec(n)
+        return BatchResult(outs, routed_received, decisions, parks)
+
+    # -- records --------------------------------------------------------------------------------
+    def _headers(self, env: dict[str, Any], d: Decision, replay_id: str | None,
+                 extra: Sequence[Header]) -> list[Header]:
+        h: list[Header] = [
+            ("samex-message-id", env["message_id"].encode()),
+            ("samex-rule", (d.rule or "").encode()),
+            ("samex-rules-version", d.rules_version.encode()),
+            ("samex-etapp", (d.etapp or "").encode()),
+            ("samex-trace-id", (env.get("trace_id") or env["message_id"]).encode()),
+        ]
+        if replay_id:
+            h.append(("samex-replay-id", replay_id.encode()))
+        h.extend(extra)
+        return h
+
+    def _dead(self, outs: list[OutRecord], rec: InRecord, env: dict[str, Any] | None, code: str, reason: str,
+              original: bytes, engine: Engine, now_ms: int) -> None:
+        record = {
+            "message_id": env["message_id"] if env else None,
+            "reason_code": code,
+            "reason": reason,
+            "stage": "router",
+            "system": None,
+            "original": original,
+            "source": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+            "rules_version": engine.version,
+            "at_ms": now_ms,
+            "kind": env["kind"] if env else None,
+            "trace_id": (env.get("trace_id") if env else None),
+        }
+        key = rec.key if env is None else (rec.key or patient_key(env["patient"]["id"], self._key).encode())
+        outs.append(OutRecord(self.settings.deadletter_topic, key, self.codec.encode("deadletter", record),
+                              [("samex-reason", code.encode())]))
+
+    def _decision_record(self, rec: InRecord, mid: str, env: dict[str, Any] | None, d: Decision | None,
+                         version: str, now_ms: int, latency_ms: float, reason: str, outcome: str,
+                         key: bytes | None, replay_id: str | None) -> OutRecord:
+        if d is None:
+            dests: list[str] = []
+        elif d.outcome == "routed":
+            dests = list(d.destinations)
+        elif d.outcome == "park":
+            dests = [self.settings.park_topic(d.etapp or "")]
+        else:
+            dests = []
+        if env is not None:
+            corr = env["correlation"]
+            value = self._decision_enc.encode(
+                mid, env.get("source_message_id"), env["kind"], outcome, dests, d.rule if d else None, version,
+                d.etapp if d else None, d.etapp_state if d else None, reason, now_ms, now_ms, float(latency_ms),
+                rec.topic, rec.partition, rec.offset, key.decode() if key else None,
+                env["sender"]["unit_hsa_id"], env["receiver"]["unit_hsa_id"], corr.get("placer_order_number"),
+                corr.get("filler_order_number"), corr.get("referral_id"), env.get("trace_id"), replay_id,
+                self.worker_id, env.get("source"))
+        else:
+            value = self._decision_enc.encode(
+                mid, None, None, outcome, dests, d.rule if d else None, version, d.etapp if d else None,
+                d.etapp_state if d else None, reason, now_ms, now_ms, float(latency_ms), rec.topic, rec.partition,
+                rec.offset, key.decode() if key else None, None, None, None, None, None, None, replay_id,
+                self.worker_id)
+        # Keyed like the message itself (the patient hash): one patient's decisions stay in order
+        # on one partition. Undecodable input has no patient, hence no key.
+        return OutRecord(self.settings.decisions_topic, key, value, [])

@@ -1,0 +1,99 @@
+"""A specialised Avro encoder for the decision record, the record the hot path writes for every
+message. fastavro walks a dict per record (about 15 µs here); this writes the known field layout
+directly from values (about 5 µs), byte-identical to fastavro (a hypothesis test compares them).
+
+The layout is checked against ``schemas/decision.avsc`` at start-up: if the schema ever changes
+and this file is not updated, the encoder falls back to the codec (slower, never wrong).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from router.codec import MAGIC, Codec
+
+# (field name, Avro type as written in the schema) in schema order
+LAYOUT: tuple[tuple[str, Any], ...] = (
+    ("message_id", "string"), ("source_message_id", ["null", "string"]), ("kind", ["null", "string"]),
+    ("outcome", "enum"), ("destinations", "array"), ("rule", ["null", "string"]), ("rules_version", "string"),
+    ("etapp", ["null", "string"]), ("etapp_state", ["null", "string"]), ("reason", "string"),
+    ("as_of_ms", "long"), ("decided_at_ms", "long"), ("latency_ms", "double"), ("input", "record"),
+    ("patient_key", ["null", "string"]), ("sender_unit", ["null", "string"]), ("receiver_unit", ["null", "string"]),
+    ("placer_order_number", ["null", "string"]), ("filler_order_number", ["null", "string"]),
+    ("referral_id", ["null", "string"]), ("trace_id", ["null", "string"]), ("replay_id", ["null", "string"]),
+    ("worker", ["null", "string"]), ("source", ["null", "string"]),
+)
+OUTCOMES = ("routed", "parked", "dead_letter")
+
+
+def _long(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL = tuple(_long(i) for i in range(512))
+_double = struct.Struct("<d").pack
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    n = len(b)
+    return (_SMALL[n] if n < 512 else _long(n)) + b
+
+
+def _opt(s: str | None) -> bytes:
+    return b"\x00" if s is None else b"\x02" + _str(s)
+
+
+def _int(n: int) -> bytes:
+    return _SMALL[n] if 0 <= n < 256 else _long(n)
+
+
+def layout_of(schema: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    out = []
+    for f in schema["fields"]:
+        t = f["type"]
+        if isinstance(t, dict):
+            t = t["type"]
+        out.append((f["name"], t))
+    return tuple(out)
+
+
+class DecisionEncoder:
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.header = MAGIC + codec.fingerprint("decision")
+        schema = codec.schema("decision")
+        self.fast = layout_of(schema) == LAYOUT and \
+            tuple(next(f for f in schema["fields"] if f["name"] == "outcome")["type"]["symbols"]) == OUTCOMES
+        self._outcome = {o: _SMALL[i] for i, o in enumerate(OUTCOMES)}
+
+    def encode(self, message_id: str, source_message_id: str | None, kind: str | None, outcome: str,
+               destinations: list[str], rule: str | None, rules_version: str, etapp: str | None,
+               etapp_state: str | None, reason: str, as_of_ms: int, decided_at_ms: int, latency_ms: float,
+               topic: str, partition: int, offset: int, patient_key: str | None, sender_unit: str | None,
+               receiver_unit: str | None, placer: str | None, filler: str | None, referral_id: str | None,
+               trace_id: str | None, replay_id: str | None, worker: str | None, source: str | None = None) -> bytes:
+        if not self.fast:
+            return self.codec.encode("decision", {
+                "message_id": message_id, "source_message_id": source_message_id, "kind": kind, "outcome": outcome,
+                "destinations": destinations, "rule": rule, "rules_version": rules_version, "etapp": etapp,
+                "etapp_state": etapp_state, "reason": reason, "as_of_ms": as_of_ms, "decided_at_ms": decided_at_ms,
+                "latency_ms": latency_ms, "input": {"topic": topic, "partition": partition, "offset": offset},
+                "patient_key": patient_key, "sender_unit": sender_unit, "receiver_unit": receiver_unit,
+                "placer_order_number": placer, "filler_order_number": filler, "referral_id": referral_id,
+                "trace_id": trace_id, "replay_id": replay_id, "worker": worker, "source": source})
+        dests = _int(len(destinations)) + b"".join(_str(d) for d in destinations) + b"\x00" if destinations else b"\x00"
+        return b"".join((
+            self.header, _str(message_id), _opt(source_message_id), _opt(kind), self._outcome[outcome], dests,
+            _opt(rule), _str(rules_version), _opt(etapp), _opt(etapp_state), _str(reason), _long(as_of_ms),
+            _long(decided_at_ms), _double(latency_ms), _str(topic), _int(partition), _long(offset),
+            _opt(patient_key), _opt(sender_unit), _opt(receiver_unit), _opt(placer), _opt(filler), _opt(referral_id),
+            _opt(trace_id), _opt(replay_id), _opt(worker), _opt(source),
+        ))

@@ -1,0 +1,138 @@
+"""RouterCore offline (no broker): one decision per input, outputs per outcome, headers, metrics."""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from collections import Counter
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
+
+from router.codec import MAGIC, default_codec
+from router.metrics import WorkerMetrics
+from router.rules.engine import Engine
+from router.rules.load import load_rules
+from router.settings import load_settings
+from router.synth import load_units, traffic
+from router.worker.core import InRecord, RouterCore, observe_many
+from router.worker.states import EtappChange, StateBook
+
+REPO = Path(__file__).resolve().parent.parent
+ENGINE = Engine(load_rules(REPO / "rules"))
+CODEC = default_codec()
+
+
+def make_core(states: StateBook | None = None) -> tuple[RouterCore, CollectorRegistry]:
+    reg = CollectorRegistry()
+    core = RouterCore(load_settings(), CODEC, WorkerMetrics(reg), ENGINE, states or StateBook(), "w-test")
+    return core, reg
+
+
+def records(n: int, seed: int = 3, bad_share: float = 0.0) -> list[dict]:
+    gen = traffic(random.Random(seed), load_units(), int(time.time() * 1000), patients=40, bad_share=bad_share)
+    return [next(gen) for _ in range(n)]
+
+
+def as_inputs(values: list[bytes]) -> list[InRecord]:
+    return [InRecord("samex.in", 0, i, None, v) for i, v in enumerate(values)]
+
+
+def decisions_of(outputs) -> list[dict]:
+    return [CODEC.decode_as("decision", o.value) for o in outputs if o.topic == "samex.decisions"]
+
+
+def test_every_input_gets_exactly_one_decision_and_routed_outputs_match_it():
+    recs = records(400, bad_share=0.05)
+    values = [CODEC.encode("envelope", r) for r in recs]
+    bad = [b"garbage", MAGIC + struct.pack("<Q", 5) + values[0][10:], values[0][:-5]]
+    core, reg = make_core()
+    now = int(time.time() * 1000)
+    res = core.process(as_inputs(values + bad), now_ms=now)
+    dec = decisions_of(res.outputs)
+    assert len(dec) == len(values) + len(bad)
+    assert [d["input"]["offset"] for d in dec] == list(range(len(values) + len(bad)))
+    out_by_mid: dict[str, list[str]] = {}
+    for o in res.outputs:
+        if o.topic.startswith("samex.out."):
+            mid = dict(o.headers)["samex-message-id"].decode()
+            out_by_mid.setdefault(mid, []).append(o.topic.removeprefix("samex.out."))
+            assert o.value in values  # the envelope bytes travel unchanged
+    for r, d in zip(recs, dec[:len(recs)], strict=True):
+        expected = ENGINE.decide(r, now, {})
+        assert d["message_id"] == r["message_id"]
+        assert d["rules_version"] == ENGINE.version
+        if expected.outcome == "routed":
+            assert d["outcome"] == "routed"
+            assert sorted(out_by_mid[r["message_id"]]) == sorted(expected.destinations) == sorted(d["destinations"])
+        else:
+            assert d["outcome"] == "dead_letter" and r["message_id"] not in out_by_mid
+    dead = [CODEC.decode_as("deadletter", o.value) for o in res.outputs if o.topic == "samex.deadletter"]
+    codes = Counter(x["reason_code"] for x in dead)
+    assert codes["undecodable"] + codes["unknown_schema"] + codes["truncated"] >= 3
+    assert {x["source"]["offset"] for x in dead} >= {len(values), len(values) + 1, len(values) + 2}
+    assert dead[-1]["original"] == bad[-1]
+    # no patient identifier anywhere in decisions or dead-letter reasons
+    pnrs = {r["patient"]["id"] for r in recs}
+    blob = b"".join(o.value for o in res.outputs if o.topic in ("samex.decisions",)) + \
+        " ".join(x["reason"] for x in dead).encode()
+    assert not any(p.encode() in blob or p[2:].encode() in blob for p in pnrs)
+    text = reg.get_sample_value("samex_messages_in_total", {"source": "synth", "kind": "remiss"})
+    assert text == sum(1 for r in recs if r["kind"] == "remiss")
+
+
+def test_headers_and_keys_on_destination_records():
+    recs = records(50)
+    core, _ = make_core()
+    res = core.process(as_inputs([CODEC.encode("envelope", r) for r in recs]), replay_id="rp-1")
+    outs = [o for o in res.outputs if o.topic.startswith("samex.out.")]
+    assert outs
+    for o in outs:
+        h = dict(o.headers)
+        assert set(h) >= {"samex-message-id", "samex-rule", "samex-rules-version", "samex-etapp", "samex-trace-id",
+                          "samex-replay-id"}
+        assert h["samex-replay-id"] == b"rp-1"
+        assert len(o.key) == 64  # hex HMAC, never the identifier
+
+
+def test_hold_parks_in_order_and_oversized_is_dead_lettered():
+    etapp = "etapp-2-sodra"
+    book = StateBook()
+    book.apply(EtappChange(etapp, "hold", 0, 0, "test", "test hold"))
+    core, reg = make_core(book)
+    recs = records(600)
+    values = [CODEC.encode("envelope", r) for r in recs]
+    big = b"\xc3\x01" + b"\x00" * (core.settings.max_record_bytes + 1)
+    res = core.process(as_inputs([*values, big]))
+    parked = [o for o in res.outputs if o.topic == f"samex.park.{etapp}"]
+    assert parked, "traffic to etapp-2 units should be parked while it is on hold"
+    parked_ids = [dict(o.headers)["samex-message-id"].decode() for o in parked]
+    in_order = [r["message_id"] for r in recs if r["message_id"] in set(parked_ids)]
+    assert parked_ids == in_order
+    dec = decisions_of(res.outputs)
+    assert sum(d["outcome"] == "parked" for d in dec) == len(parked)
+    assert all(d["etapp_state"] == "hold" for d in dec if d["outcome"] == "parked")
+    assert reg.get_sample_value("samex_parked_total", {"etapp": etapp}) == len(parked)
+    dead = [CODEC.decode_as("deadletter", o.value) for o in res.outputs if o.topic == "samex.deadletter"]
+    assert dead[-1]["reason_code"] == "oversized" and len(dead[-1]["original"]) == 64 * 1024
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False), max_size=200))
+def test_observe_many_equals_observe(values):
+    r1, r2 = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("h", "h", buckets=(0.001, 0.01, 0.1, 1, 5), registry=r1)
+    h2 = Histogram("h", "h", buckets=(0.001, 0.01, 0.1, 1, 5), registry=r2)
+    for v in values:
+        h1.observe(v)
+    observe_many(h2, values)
+    s1 = {(s.name, tuple(sorted(s.labels.items()))): s.value for m in r1.collect() for s in m.samples
+          if not s.name.endswith("_created")}
+    s2 = {(s.name, tuple(sorted(s.labels.items()))): s.value for m in r2.collect() for s in m.samples
+          if not s.name.endswith("_created")}
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert abs(s1[k] - s2[k]) < 1e-9, k

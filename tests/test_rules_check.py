@@ -1,0 +1,141 @@
+"""`samex rules check`: clean exit on the example, `file:line: message` on every kind of problem."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from router.cli import cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def rules(tmp_path) -> Path:
+    d = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", d)
+    return d
+
+
+def run(d: Path):
+    return CliRunner().invoke(cli, ["rules", "check", str(d)])
+
+
+def test_example_is_clean():
+    r = CliRunner().invoke(cli, ["rules", "check", str(REPO / "rules")])
+    assert r.exit_code == 0, r.output
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def line_of(path: Path, needle: str) -> int:
+    lines = path.read_text().splitlines()
+    exact = [i for i, line in enumerate(lines, 1) if line.strip() == needle.strip()]
+    return exact[0] if exact else next(i for i, line in enumerate(lines, 1) if needle in line)
+
+
+@pytest.mark.parametrize("old,new,needle,message", [
+    ("    priority: 100\n    live: [millennium]\n    not_live: [elvis]",
+     "    priority: 100\n    live: [millennium]\n    not_live: [elvis]\n    colour: red", "colour", "unknown key"),
+    ("  - id: remiss-primarvard\n    kind: remiss", "  - id: remiss-primarvard\n    kind: remis", "kind: remis",
+     "kind"),
+    ("    priority: 0", "    priority: high", "priority: high", "priority"),
+    ("not_live: [asynja]", "not_live: [asynya]", "asynya", "unknown system 'asynya'"),
+    ("- id: remiss-privat", "- id: remiss-sjukhus", "- id: remiss-sjukhus\n", "duplicate route id"),
+])
+def test_route_file_problems_name_file_and_line(rules, old, new, needle, message):
+    path = rules / "routes" / "base.yaml"
+    edit(path, old, new)
+    r = run(rules)
+    assert r.exit_code == 1
+    assert message in r.output, r.output
+    lines = [ln for ln in r.output.splitlines() if message in ln]
+    assert any(ln.startswith(f"{path}:") for ln in lines), r.output
+    if needle != "- id: remiss-sjukhus\n":
+        expected = line_of(path, needle.split("\n")[0])
+        assert any(f"{path}:{expected}:" in ln or f"{path}:{expected - 1}:" in ln for ln in lines), (expected, r.output)
+
+
+def test_yaml_syntax_error_has_line(rules):
+    path = rules / "plan.yaml"
+    text = path.read_text().splitlines()
+    text[10] = text[10] + " ]["
+    path.write_text("\n".join(text) + "\n")
+    r = run(rules)
+    assert r.exit_code == 1 and f"{path}:" in r.output and "YAML error" in r.output
+
+
+def test_duplicate_yaml_key(rules):
+    path = rules / "systems.yaml"
+    edit(path, "target: millennium", "target: millennium\ntarget: melior")
+    r = run(rules)
+    assert r.exit_code == 1 and f"{path}:{line_of(path, 'target: melior')}: duplicate key 'target'" in r.output
+
+
+def test_go_live_without_time_zone(rules):
+    path = rules / "plan.yaml"
+    edit(path, "2025-10-14T06:00 Europe/Stockholm", "2025-10-14T06:00")
+    r = run(rules)
+    assert r.exit_code == 1 and "no time zone" in r.output and f"{path}:" in r.output
+
+
+def test_unit_claimed_by_two_etapper(rules):
+    path = rules / "plan.yaml"
+    edit(path, "      municipality: [Alingsås, Lerum]", "      municipality: [Alingsås, Lerum, Borås]")
+    r = run(rules)
+    assert r.exit_code == 1 and "claimed by both etapp-1-sodra-pd1 and etapp-2-sodra" in r.output
+
+
+def test_unknown_unit_reference(rules):
+    edit(rules / "plan.yaml", "      area: [vastra]", "      area: [vastra]\n      include: [SE2321000131-E999]")
+    r = run(rules)
+    assert r.exit_code == 1 and "SE2321000131-E999 is not in the unit directory" in r.output
+
+
+def test_overlapping_routes_at_equal_priority(rules):
+    path = rules / "routes" / "etapp-2-sodra.yaml"
+    path.write_text("etapp: etapp-2-sodra\nroutes:\n"
+                    "  - id: a\n    kind: remiss\n    receiver: {unit_type: [sjukhus]}\n    priority: 300\n"
+                    "    to: [millennium]\n"
+                    "  - id: b\n    kind: remiss\n    receiver: {area: [sodra]}\n    priority: 300\n    to: [elvis]\n")
+    r = run(rules)
+    assert r.exit_code == 1 and "routes a and b both apply at equal priority" in r.output
+    assert f"{path}:3:" in r.output
+
+
+def test_a_gap_is_reported(rules):
+    path = rules / "routes" / "base.yaml"
+    text = path.read_text()
+    path.write_text(text[: text.index("  - id: no-route")])
+    r = run(rules)
+    assert r.exit_code == 1 and "no applicable route for remiss to lab units" in r.output
+
+
+def test_route_to_a_retired_system(rules):
+    edit(rules / "systems.yaml", "  - id: elvis\n    description: Patient administration and referral handling"
+         " (replaced per etapp)",
+         "  - id: elvis\n    description: x\n    retired_from: 2025-01-01T00:00 Europe/Stockholm")
+    r = run(rules)
+    assert r.exit_code == 1 and "route remiss-sjukhus sends to elvis after its retirement" in r.output
+
+
+def test_csv_problems(rules):
+    path = rules / "units.csv"
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace("SE2321000131-E", "SE2321000131_E", 1)
+    lines.append(lines[5])
+    path.write_text("\n".join(lines) + "\n")
+    r = run(rules)
+    assert r.exit_code == 1
+    assert f"{path}:4: hsa_id: HSA-id must be" in r.output
+    assert f"{path}:{len(lines)}: duplicate unit" in r.output
+
+
+def test_not_a_folder(tmp_path):
+    r = run(tmp_path / "nope")
+    assert r.exit_code != 0

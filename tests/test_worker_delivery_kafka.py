@@ -1,0 +1,107 @@
+"""At-least-once under kill -9, and scale-out with two workers in one consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from router.codec import default_codec
+from router.rules.engine import Engine
+from router.rules.load import load_rules
+from router.topics import ensure_router_topics
+from tests.kafka_helpers import WorkerProcess, header, produce_records, read_topic, synth_records, topic_settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+REPO = Path(__file__).resolve().parent.parent
+ENGINE = Engine(load_rules(REPO / "rules"))
+codec = default_codec()
+
+
+async def outputs_by_id(bootstrap: str, s, expect_decisions: int, ids: set[str] | None = None,
+                        timeout_s: float = 120) -> tuple[Counter, Counter]:
+    """(decision count per message id, output count per message id over destination/park/dead-letter topics).
+    Waits until ``expect_decisions`` records are there and, if given, a decision for each of ``ids``
+    (re-processed duplicates count towards the number, so the number alone can come too early)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        decisions = await read_topic(bootstrap, s.decisions_topic, expect=expect_decisions, timeout_s=timeout_s)
+        dec = Counter(codec.decode_as("decision", r.value)["message_id"] for r in decisions)
+        if ids is None or ids <= set(dec) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+    out: Counter = Counter()
+    topics = [s.out_topic(x) for x in ENGINE.systems] + [s.park_topic(e) for e in ENGINE.golive_ms]
+    for t in topics:
+        for r in await read_topic(bootstrap, t, idle_s=1.0):
+            out[header(r, "samex-message-id")] += 1
+    for r in await read_topic(bootstrap, s.deadletter_topic, idle_s=1.0):
+        mid = codec.decode_as("deadletter", r.value)["message_id"]
+        out[mid] += 1
+    return dec, out
+
+
+async def test_kill_minus_nine_three_times_loses_nothing(kafka_bootstrap, topic_prefix, capsys):
+    s = topic_settings(kafka_bootstrap, topic_prefix)
+    await ensure_router_topics(s, ENGINE.systems, ENGINE.golive_ms)
+    recs = synth_records(50_000, seed=77, patients=2000, bad_share=0.01)
+    ids = {r["message_id"] for r in recs}
+    producer = asyncio.create_task(produce_records(kafka_bootstrap, s.inbound_topic, recs, rate=6000))
+    w = WorkerProcess(s).start()
+    kills = 0
+    try:
+        for _ in range(3):
+            w.wait_ready()
+            await asyncio.sleep(2.5)  # let messages flow, then kill in the middle of it
+            w.kill9()
+            kills += 1
+            w = WorkerProcess(s).start()
+        await producer
+        w.wait_ready()
+        dec, out = await outputs_by_id(kafka_bootstrap, s, expect_decisions=len(recs), ids=ids)
+    finally:
+        w.stop()
+    assert kills == 3
+    missing_decisions = ids - set(dec)
+    missing_outputs = ids - set(out)
+    assert not missing_decisions, f"{len(missing_decisions)} messages without a decision"
+    assert not missing_outputs, f"{len(missing_outputs)} messages without an output"
+    dup_decisions = sum(n - 1 for n in dec.values() if n > 1)
+    with capsys.disabled():
+        print(f"\nkill -9 x3 over {len(recs)} messages: {dup_decisions} duplicate decisions "
+              f"({sum(1 for n in dec.values() if n > 1)} message ids re-processed), all identifiable by message id")
+
+
+async def test_two_workers_share_partitions_and_survive_one_dying(kafka_bootstrap, topic_prefix):
+    s = topic_settings(kafka_bootstrap, topic_prefix)
+    await ensure_router_topics(s, ENGINE.systems, ENGINE.golive_ms)
+    a = WorkerProcess(s, worker_id="wa").start()
+    b = WorkerProcess(s, worker_id="wb").start()
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        first = synth_records(6000, seed=5, patients=600)
+        await produce_records(kafka_bootstrap, s.inbound_topic, first, rate=3000)
+        decisions = await read_topic(kafka_bootstrap, s.decisions_topic, expect=len(first))
+        workers = Counter(codec.decode_as("decision", r.value)["worker"] for r in decisions)
+        assert set(workers) == {"wa", "wb"}, workers  # both got partitions
+        second = synth_records(6000, seed=6, patients=600)
+        task = asyncio.create_task(produce_records(kafka_bootstrap, s.inbound_topic, second, rate=3000))
+        await asyncio.sleep(0.7)
+        a.kill9()
+        t_kill = time.time() * 1000
+        await task
+        ids = {r["message_id"] for r in first + second}
+        dec, out = await outputs_by_id(kafka_bootstrap, s, expect_decisions=len(first) + len(second), ids=ids)
+        assert ids <= set(dec) and ids <= set(out)
+        later = [codec.decode_as("decision", r.value) for r in
+                 await read_topic(kafka_bootstrap, s.decisions_topic, idle_s=1.0)]
+        after_kill = {d["worker"] for d in later if d["decided_at_ms"] > t_kill + 15000}
+        assert after_kill <= {"wb"}
+        assert b.proc.poll() is None
+    finally:
+        a.stop()
+        b.stop()
