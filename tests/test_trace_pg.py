@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,9 +63,7 @@ def test_postgres_index_every_key_patient_hash_and_hop_order(pg_url: str) -> Non
     index = open_index(settings)
     assert isinstance(index, PostgresIndex)
     try:
-        t0 = time.monotonic()
         check_index(index)
-        assert time.monotonic() - t0 < 30
         # the indexes exist and the planner can use one for a business key
         with index.conn.cursor() as cur:
             cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'hops'")
