@@ -46,7 +46,7 @@ class SchemaVersion:
 
 
 def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
-    hex_fp = fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")
+    hex_fp = fingerprint(to_parsing_canonical_form(dict(schema)), "CRC-64-AVRO")
     return struct.pack("<Q", int(hex_fp, 16))
 
 

@@ -7,6 +7,7 @@ broker can be started the test FAILS with the broker's log tail; it never skips.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,16 @@ from router.localkafka import LocalKafka, LocalKafkaError, broker_from_env
 
 REPO = Path(__file__).resolve().parent.parent
 _broker_state: dict[str, object] = {}
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM (CI time limit, `timeout`) ends the session like Ctrl-C, so fixtures and the tests'
+    # `finally` blocks stop the broker and the worker processes instead of leaving them running.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ def rehearse_cmd(rules_dir: Path | None, as_of: str | None, from_: str, to: str 
     without producing anything, and print what would change compared with what was decided: per
     kind and destination, with example message ids, including messages that would become unroutable."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     from router.commands.etapp import _engine, read_control, state_book
     from router.errors import RulesError
@@ -56,7 +56,7 @@ def rehearse_cmd(rules_dir: Path | None, as_of: str | None, from_: str, to: str 
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
                   TimeRemainingColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(what: str, done: int, total: int) -> None:
             if what not in tasks:

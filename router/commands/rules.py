@@ -61,7 +61,7 @@ def _engine(rules_dir: Path):  # type: ignore[no-untyped-def]
 def _states(pairs: tuple[str, ...]) -> dict[str, str]:
     from router.decision import ETAPP_STATES
 
-    states = {}
+    states: dict[str, str] = {}
     for p in pairs:
         etapp, _, state = p.partition("=")
         if state not in ETAPP_STATES:

@@ -65,12 +65,13 @@ def envelopes(bootstrap: str | None, rate: float, count: int | None, seed: int, 
 
 def register(cli: click.Group) -> None:
     cli.add_command(run)
-    simulate = cli.commands.get("simulate")
-    if not isinstance(simulate, click.Group):
+    group = cli.commands.get("simulate")
+    if not isinstance(group, click.Group):
 
         @click.group("simulate")
         def simulate() -> None:
             """Simulated senders and destination systems for the local run and the tests."""
 
-        cli.add_command(simulate)
-    simulate.add_command(envelopes)
+        group = simulate
+        cli.add_command(group)
+    group.add_command(envelopes)

@@ -83,11 +83,11 @@ def check_rules(rules: RuleSet, label_root: str = "rules") -> list[str]:
                         if end is None or ret < end:
                             retired[(r.source, f"route {r.id} sends to {sysid} after its retirement "
                                                 f"({_fmt_ms(ret)})")].append(hsa)
-    for (kind, utype, phase), where in sorted(gaps.items()):
-        problems.append(f"{label_root}/routes/base.yaml:1: no applicable route for {kind} to {utype} units "
+    for (gap_kind, utype, phase), where in sorted(gaps.items()):
+        problems.append(f"{label_root}/routes/base.yaml:1: no applicable route for {gap_kind} to {utype} units "
                         f"({phase}): {where[0]}" + (f" and {len(where) - 1} more" if len(where) > 1 else ""))
-    for (source, a, b, phase), where in sorted(conflicts.items()):
-        problems.append(f"{label_root}/{source}: routes {a} and {b} both apply at equal priority ({phase}): "
+    for (source, rid_a, rid_b, phase), where in sorted(conflicts.items()):
+        problems.append(f"{label_root}/{source}: routes {rid_a} and {rid_b} both apply at equal priority ({phase}): "
                         f"{where[0]}" + (f" and {len(where) - 1} more" if len(where) > 1 else ""))
     for (source, msg), units in sorted(retired.items()):
         problems.append(f"{label_root}/{source}: {msg}, e.g. for {units[0]}"
@@ -158,9 +158,9 @@ def format_changes(changes: list[Change]) -> list[str]:
     lines = []
     for (since, until, kind, utype, etapp, before, after, rb, ra), items in sorted(groups.items(),
                                                                                   key=lambda kv: kv[0]):
-        when = f"from {_fmt_ms(int(since))}" if since else "before any go-live"
+        when = f"from {_fmt_ms(int(since))}" if since else "before any go-live"  # type: ignore[call-overload]
         if until:
-            when += f" until {_fmt_ms(int(until))}"
+            when += f" until {_fmt_ms(int(until))}"  # type: ignore[call-overload]
         units = ", ".join(c.unit for c in items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
         lines.append(f"{when}: {kind} to {utype} units ({etapp or 'no etapp'}; {len(items)}): {before} -> {after} "
                      f"(rule {rb or '-'} -> {ra or '-'}); units {units}")

@@ -106,7 +106,7 @@ class Engine:
         self.golive_ms: dict[str, int] = {e.id: to_ms(e.go_live_at) for e in rules.plan.etapper}
         self.etapp_names = {e.id: e.name for e in rules.plan.etapper}
         self.target = rules.systems.target
-        self.journals: dict[str, str] = dict(rules.systems.journals)
+        self.journals: dict[str, str] = {str(k): v for k, v in rules.systems.journals.items()}
         self.retired_ms: dict[str, int] = {
             s.id: to_ms(parse_instant(s.retired_from)) for s in rules.systems.systems if s.retired_from
         }

@@ -93,7 +93,7 @@ class WorkerRuntime:
         if self.app is None or self.orders is None:
             return
         try:
-            await asyncio.wait_for(self.app.tables.recovery.completed.wait(), timeout_s)
+            await asyncio.wait_for(self.app.tables.recovery.completed.wait(), timeout_s)  # type: ignore[attr-defined]
         except TimeoutError:
             log.warning("order table recovery not complete; routing anyway (results may fall back to the rules)")
 
@@ -272,7 +272,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> tuple
         # faust's own stream path, kept for comparison in bench/throughput.py
         @app.agent(inbound, concurrency=1, name="samex-route")
         async def route(stream: faust.StreamT) -> None:
-            async for events in stream.take_events(settings.batch_max, within=0.005):
+            async for events in stream.take_events(settings.batch_max, within=0.005):  # type: ignore[attr-defined]
                 await runtime.handle(list(events))
     else:
         @app.task
@@ -281,7 +281,7 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> tuple
 
             await run_hot_path(runtime, runtime.stop_event)
 
-    @app.on_before_shutdown.connect  # type: ignore[misc]
+    @app.on_before_shutdown.connect  # type: ignore[misc,arg-type]
     async def _stop(app: Any, **kwargs: Any) -> None:
         runtime.stop_event.set()
 

@@ -91,10 +91,10 @@ class OrderBook:
             if systems is None:
                 return None
             u = engine.units.get(unit)
-            entry = {"kind": env["kind"], "reply_kind": REPLY_KIND[env["kind"]], "unit": unit,
-                     "etapp": u.etapp if u else None, "systems": list(systems), "placed_ms": now_ms,
-                     "message_id": env["message_id"], "answered_ms": None}
-            self._put(key, entry)
+            placed = {"kind": env["kind"], "reply_kind": REPLY_KIND[env["kind"]], "unit": unit,
+                      "etapp": u.etapp if u else None, "systems": list(systems), "placed_ms": now_ms,
+                      "message_id": env["message_id"], "answered_ms": None}
+            self._put(key, placed)
             return None
         entry = self.get(key)
         what = "lab result" if env["kind"] == "lab_result" else "remiss answer"
