@@ -132,16 +132,20 @@ def patient_key(identifier: str, key: bytes) -> str:
 
 
 def redact(text: str) -> str:
-    """Mask anything that is a valid personnummer/samordningsnummer in free text."""
+    """Mask anything shaped like a personnummer/samordningsnummer in free text: 10 or 12 digits
+    whose date part is a plausible birth date (day + 60 for a samordningsnummer), whether or not
+    the check digit matches: a mistyped number still points at a person. Other digit runs (order
+    numbers like 1234567890) stay."""
+    return _PNR_SCAN.sub(_mask, text)
 
-    def _sub(m: re.Match[str]) -> str:
-        try:
-            parse_patient_id(m.group(0))
-        except IdentifierError:
-            return m.group(0)
+
+def _mask(m: re.Match[str]) -> str:
+    century, mm, dd = m.group(1), int(m.group(3)), int(m.group(4))
+    if century is not None and century not in ("18", "19", "20"):
+        return m.group(0)
+    if 1 <= mm <= 12 and (1 <= dd <= 31 or 61 <= dd <= 91):
         return "<pnr>"
+    return m.group(0)
 
-    return _PNR_SCAN.sub(_sub, text)
 
-
-_PNR_SCAN = re.compile(r"(?<![\dA-Za-z])(?:\d{2})?\d{6}[-+]?\d{4}(?![\dA-Za-z])")
+_PNR_SCAN = re.compile(r"(?<![\dA-Za-z])(\d{2})?(\d{2})(\d{2})(\d{2})[-+]?\d{4}(?![\dA-Za-z])")

@@ -13,11 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from router.localkafka import LocalKafka, LocalKafkaError, broker_from_env
 
 REPO = Path(__file__).resolve().parent.parent
 _broker_state: dict[str, object] = {}
+
+
+# Property tests check properties, not speed: no per-example deadline on a shared, noisy machine.
+hypothesis_settings.register_profile("samex", deadline=None)
+hypothesis_settings.load_profile("samex")
 
 
 def _interrupt(signum: int, _frame: object) -> None:

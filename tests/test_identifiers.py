@@ -30,14 +30,14 @@ def test_known_personnummer_forms_normalise_to_12_digits():
 
 
 def test_plus_separator_means_a_hundred_years_more():
-    nine = "150101980"
+    nine = "150101980"  # serial 980: the test-number range
     pnr = nine[:6] + "+" + nine[6:] + check_digit(nine)
     assert parse_patient_id(pnr, today=dt.date(2026, 1, 1))[0].startswith("1915")
     assert parse_patient_id(pnr.replace("+", "-"), today=dt.date(2026, 1, 1))[0].startswith("2015")
 
 
 def test_samordningsnummer_day_plus_60():
-    nine = "640883323"
+    nine = "640883983"  # test number: the public example's date + 60 days, serial 983 in the test range
     _value, kind = parse_patient_id("19" + nine + check_digit(nine))
     assert kind == "samordningsnummer"
     assert PatientId(value="19" + nine + check_digit(nine)).oid == OID_SAMORDNINGSNUMMER
@@ -100,10 +100,16 @@ def test_patient_key_is_keyed_and_stable():
     assert "196408233234" not in a and len(a) == 64
 
 
-def test_redact_masks_valid_numbers_only():
-    text = "pnr 196408233234 unit SE2321000131-E000000001007 order 1234567890"
+def test_redact_masks_personnummer_shapes_valid_or_mistyped():
+    # 196408233234 is the public example from the domain brief (a test number); 196408233235 is it mistyped
+    # (wrong check digit), 640883-9833 a samordningsnummer shape in the test range, 20241315... has no month 13
+    text = ("pnr 196408233234 typo 196408233235 short 640823-3234 samordning 640883-9833 "
+            "unit SE2321000131-E000000001007 order 1234567890 lot 202413150001")
     out = redact(text)
-    assert "196408233234" not in out and "SE2321000131-E000000001007" in out and "1234567890" in out
+    for number in ("196408233234", "196408233235", "640823-3234", "640883-9833"):
+        assert number not in out
+    assert out.count("<pnr>") == 4
+    assert "SE2321000131-E000000001007" in out and "1234567890" in out and "202413150001" in out
 
 
 @given(st.integers(0, 2**32), st.booleans())

@@ -120,6 +120,7 @@ def check_index(index: TraceIndex) -> None:
     # by patient: only the hash is searched and stored
     key = patient_key(x["pnr"], SETTINGS.patient_key_bytes)
     assert {h.message_id for h in index.find_patient(key)} == set(x["first3"])
+    # 196408233234: the public example personnummer (a test number), not in this index
     assert index.find_patient(patient_key("196408233234", SETTINGS.patient_key_bytes)) == []
     assert index.find(x["pnr"]) == []
 
@@ -162,6 +163,7 @@ def test_trace_command_patient_prompt_never_prints_the_number(tmp_path: Path) ->
     assert x["pnr"] not in r.output and x["pnr"][2:] not in r.output
     got = json.loads("{" + r.output.split("{", 1)[1])
     assert set(got["messages"]) == set(x["first3"])
+    # the public example test number with a wrong check digit
     bad = CliRunner().invoke(cli, ["trace", "--patient", "--no-sync"], input="19640823-3235\n", env=env)
     assert bad.exit_code == 2 and "Luhn" in bad.output and "3235" not in bad.output
     r = CliRunner().invoke(cli, ["trace", "--no-sync", x["envs"][x["routed"]]["source_message_id"]], env=env)
