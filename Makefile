@@ -15,9 +15,13 @@ help:
 	@echo "make test           virtualenv, deps, Kafka jars, Prometheus, the whole suite"
 	@echo "make kafka          a bare local Kafka broker (prints its bootstrap address)"
 	@echo "make schemas-check  Avro compatibility of schemas/ against schemas/registry/"
-	@echo "make bench          the benchmarks under bench/"
+	@echo "make test-fast      the tests that need no broker"
+	@echo "make lint           ruff and mypy"
+	@echo "make bench          the benchmarks under bench/ (each writes its figures to stdout)"
+	@echo "make clean          remove .venv and local state"
 
 $(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then echo "samex needs Python 3.11+: none of python3.13, python3.12, python3.11, python3 is; set PYTHON=/path/to/python3.11" >&2; exit 1; fi
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "samex needs Python 3.11+")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -58,6 +62,8 @@ bench: kafka-jars
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/mllp.py
+	$(BIN)/python bench/fhir_validate.py
 
 clean:
 	rm -rf $(VENV) .samex .pytest_cache

@@ -16,6 +16,20 @@ BOOTSTRAP = click.option("--bootstrap", envvar="SAMEX_KAFKA_BOOTSTRAP", default=
                          help="Kafka bootstrap servers (default: SAMEX_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
 
 
+def check_system(settings: Any, system: str) -> None:
+    """Refuse a destination system the rule folder does not know (a typo would consume a topic no
+    one writes to, for ever). If the rule folder cannot be read, the connector still starts."""
+    from router.rules.load import load_rules
+
+    try:
+        known = {s.id for s in load_rules(settings.rules_dir).systems.systems}
+    except Exception:
+        return
+    if system not in known:
+        raise click.BadParameter(f"unknown system {system!r}; {settings.rules_dir}/systems.yaml has: "
+                                 f"{', '.join(sorted(known))}", param_hint="--system")
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Capped exponential backoff with jitter for delivery retries."""

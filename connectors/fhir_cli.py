@@ -5,11 +5,12 @@ connectors.fhir_cli`` runs them without the rest of the CLI."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import click
 
-from connectors.common import BOOTSTRAP
+from connectors.common import BOOTSTRAP, check_system
 from connectors.common import settings_for as _settings
 from connectors.common import stop_event as _stop_event
 
@@ -68,6 +69,9 @@ def fhir_out(bootstrap: str | None, system: str, base_url: str, group_id: str | 
     from router.metrics import ConnectorMetrics
 
     settings = _settings(bootstrap)
+    check_system(settings, system)
+    if not base_url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{base_url!r} is not an http(s) URL", param_hint="--base")
     setup_logging(settings.log_level, settings.log_format)
     metrics = ConnectorMetrics(CollectorRegistry())
     store = DeliveredStore.for_system(state_dir or settings.state_dir, system)
@@ -139,7 +143,11 @@ def fhir_sender(base_url: str, rate: float, count: int | None, patients: int, se
                                     _stop_event())
 
     answers = asyncio.run(main())
-    click.echo(" ".join(f"{k}={v}" for k, v in sorted(answers.items())) or "nothing sent")
+    click.echo(" ".join(f"{'unreachable' if k == 0 else k}={v}" for k, v in sorted(answers.items()))
+               or "nothing sent")
+    if answers.get(0):
+        click.echo(f"samex: {base_url} could not be reached for {answers[0]} resource(s)", err=True)
+        sys.exit(1)
 
 
 def register_fhir(connector_group: click.Group, simulate_group: click.Group) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Iterable
@@ -179,6 +180,7 @@ class SendStats:
 
 async def _send_one(client: MllpClient, data: bytes, stats: SendStats, timeout_s: float, retry: bool) -> str:
     delay = 0.1
+    attempts = 0
     while True:
         try:
             code = parse_ack(await client.request(data, timeout_s)).code
@@ -187,6 +189,11 @@ async def _send_one(client: MllpClient, data: bytes, stats: SendStats, timeout_s
         stats.answers[code] = stats.answers.get(code, 0) + 1
         if code == "AA" or code == "AE" or not retry:
             return code
+        attempts += 1
+        if attempts in (5, 50) or attempts % 500 == 0:  # a sender that retries for ever must say so
+            logging.getLogger("samex.sim").warning(
+                "%s:%d answered %s %d times for one message; still retrying (Ctrl-C stops)",
+                client.host, client.port, code, attempts)
         stats.retries += 1
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)

@@ -70,8 +70,31 @@ _register()
 
 
 def main() -> None:
+    from aiokafka.errors import KafkaError
+    from pydantic import ValidationError
+
     try:
         cli(standalone_mode=True)
     except SamexError as exc:
         click.echo(f"samex: {exc}", err=True)
+        sys.exit(2)
+    except ValidationError as exc:  # settings from the environment or options
+        for err in exc.errors():
+            field = ".".join(str(x) for x in err["loc"])
+            name = f"SAMEX_{field.upper()}" if exc.title == "Settings" else field
+            click.echo(f"samex: setting {name}: {err['msg']}", err=True)  # the input value is not echoed
+        sys.exit(2)
+    except KafkaError as exc:
+        import logging
+
+        from router.settings import load_settings
+
+        logging.getLogger("asyncio").disabled = True  # no "Unclosed AIOKafka…" noise as the process exits
+
+        try:
+            where = load_settings().kafka_bootstrap
+        except ValidationError:
+            where = "the configured broker"
+        click.echo(f"samex: Kafka at {where} is not reachable or refused the request ({type(exc).__name__}); "
+                   "start one with `samex kafka` or set SAMEX_KAFKA_BOOTSTRAP", err=True)
         sys.exit(2)

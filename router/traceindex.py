@@ -274,4 +274,7 @@ def open_index(settings: Any) -> TraceIndex:
         return PostgresIndex(url)
     if "://" in url and not url.startswith("sqlite:///"):
         raise IndexError_("SAMEX_INDEX_URL must be a postgresql:// URL, sqlite:///path or a file path")
-    return SqliteIndex(index_path(settings))
+    path = index_path(settings)
+    if url and not path.parent.is_dir():  # a mistyped path must not look like an empty index
+        raise IndexError_(f"SAMEX_INDEX_URL: the folder {path.parent} does not exist")
+    return SqliteIndex(path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from connectors.common import BOOTSTRAP
+from connectors.common import BOOTSTRAP, check_system
 from connectors.common import settings_for as _settings
 from connectors.common import stop_event as _stop_event
 
@@ -95,6 +95,7 @@ def mllp_out(bootstrap: str | None, system: str, endpoint: str, ack_timeout_s: f
     from router.logs import setup_logging
 
     settings = _settings(bootstrap)
+    check_system(settings, system)
     setup_logging(settings.log_level, settings.log_format)
     host, port = _endpoint(endpoint)
     metrics = _metrics(metrics_port)
@@ -117,7 +118,8 @@ def simulate() -> None:
 
 
 @simulate.command("systems")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("rules"),
+@click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=Path("rules"),
               show_default=True, help="rule folder whose systems.yaml lists the systems")
 @click.option("--system", "only", multiple=True, help="simulate only these systems (repeatable)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")

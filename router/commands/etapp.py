@@ -155,12 +155,7 @@ def _make_transition(command: str, state: str) -> click.Command:
         from router.worker.control import etapp_record, publish, who_am_i
 
         settings = settings_from(bootstrap)
-        records = asyncio.run(read_control(settings))
-        engine = _engine(settings, records)
-        if etapp not in engine.golive_ms:
-            known = ", ".join(sorted(engine.golive_ms))
-            click.echo(f"unknown etapp {etapp!r}; the plan has: {known}", err=True)
-            sys.exit(1)
+        # what can be checked without the broker first
         if not reason.strip():
             click.echo("--reason must say why", err=True)
             sys.exit(1)
@@ -173,6 +168,13 @@ def _make_transition(command: str, state: str) -> click.Command:
         until_ms = parse_cli_instant(until) if until else None
         if until_ms is not None and until_ms <= effective:
             click.echo("--until must be after the effective instant", err=True)
+            sys.exit(1)
+        # the etapp against the active rule set (the last one published, else the rule folder)
+        records = asyncio.run(read_control(settings))
+        engine = _engine(settings, records)
+        if etapp not in engine.golive_ms:
+            known = ", ".join(sorted(engine.golive_ms))
+            click.echo(f"unknown etapp {etapp!r}; the plan has: {known}", err=True)
             sys.exit(1)
         cs = state_book(engine, records)
         problem = transition_problem(engine, cs.states, etapp, state, effective)

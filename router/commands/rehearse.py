@@ -12,7 +12,7 @@ from router.commands.worker import BOOTSTRAP, settings_from
 
 
 @click.command("rehearse")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="rule folder to rehearse (default: the active rule set)")
 @click.option("--as-of", "as_of", default=None, help="decide as at this instant, e.g. the planned go-live "
               "'2026-10-13T06:00' (Stockholm time) or ISO 8601 with offset (default: now)")

@@ -30,13 +30,13 @@ def _rate_column() -> Any:
 @click.option("--from", "from_", required=True, help="first instant of the window (Stockholm time unless an offset "
               "is given), e.g. '2026-11-20T08:00'")
 @click.option("--to", "to", default=None, help="end of the window, exclusive (default: now)")
-@click.option("--dry-run", "mode", flag_value="dry-run", default=True,
+@click.option("--dry-run", "dry_run", is_flag=True,
               help="(default) re-decide and print a diff against what was decided; produce nothing")
 @click.option("--to-topic", "to_topic", default=None, help="copy the selection to this existing sandbox topic")
-@click.option("--resend", "mode", flag_value="resend", help="route the selection again for real (needs --reason)")
+@click.option("--resend", "resend", is_flag=True, help="route the selection again for real (needs --reason)")
 @click.option("--dead-letters", is_flag=True, help="select from the dead-letter topic instead of the inbound topic "
               "(re-drive after a rule fix: add --resend --reason)")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="decide under this rule folder (default: dry run: the version each message was decided with; "
                    "re-send: the active rule set)")
 @click.option("--as-of", "as_of", default=None, help="dry run: decide as at this instant (default: the instant each "
@@ -58,7 +58,7 @@ def _rate_column() -> Any:
 @click.option("--no-orders", is_flag=True, help="ignore the order book (results then follow the rules alone)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON summary instead of tables")
 @BOOTSTRAP
-def replay_cmd(from_: str, to: str | None, mode: str, to_topic: str | None, dead_letters: bool,
+def replay_cmd(from_: str, to: str | None, dry_run: bool, resend: bool, to_topic: str | None, dead_letters: bool,
                rules_dir: Path | None, as_of: str | None, kinds: tuple[str, ...], senders: tuple[str, ...],
                receivers: tuple[str, ...], systems: tuple[str, ...], etapper: tuple[str, ...], rules: tuple[str, ...],
                reasons: tuple[str, ...], message_ids: tuple[str, ...], reason: str | None, max_n: int,
@@ -85,10 +85,9 @@ def replay_cmd(from_: str, to: str | None, mode: str, to_topic: str | None, dead
 
     settings = settings_from(bootstrap)
     try:
-        if to_topic:
-            if mode == "resend":
-                raise ReplayError("choose one of --dry-run, --to-topic and --resend")
-            mode = "to-topic"
+        if dry_run + resend + (to_topic is not None) > 1:
+            raise ReplayError("choose one of --dry-run, --to-topic and --resend")
+        mode = "resend" if resend else "to-topic" if to_topic is not None else "dry-run"
         from_ms = parse_cli_instant(from_)
         to_ms = parse_cli_instant(to)
         check_window(from_ms, to_ms)

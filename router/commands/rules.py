@@ -65,7 +65,8 @@ def _states(pairs: tuple[str, ...]) -> dict[str, str]:
     for p in pairs:
         etapp, _, state = p.partition("=")
         if state not in ETAPP_STATES:
-            raise click.BadParameter(f"{p!r}: write ETAPP=STATE with STATE one of {', '.join(ETAPP_STATES)}")
+            raise click.BadParameter(f"{p!r}: write ETAPP=STATE with STATE one of {', '.join(ETAPP_STATES)}",
+                                     param_hint="--state")
         states[etapp] = state
     return states
 
@@ -95,7 +96,12 @@ def explain_cmd(rules_dir: Path, as_of: str | None, states: tuple[str, ...], fil
     except SamexError as exc:
         raise click.BadParameter(str(exc), param_hint="--as-of") from None
     engine = _engine(rules_dir)
-    decision = explain(engine, data, at, _states(states))
+    given = _states(states)
+    unknown = sorted(set(given) - set(engine.golive_ms))
+    if unknown:
+        raise click.BadParameter(f"unknown etapp {', '.join(unknown)}; the plan has: "
+                                 f"{', '.join(sorted(engine.golive_ms))}", param_hint="--state")
+    decision = explain(engine, data, at, given)
     out = decision.as_json()
     from router.timeutil import fmt_ms
 

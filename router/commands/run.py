@@ -18,7 +18,7 @@ from router.commands.worker import BOOTSTRAP, settings_from
               help="messages per second the simulated senders send")
 @click.option("--duration", type=click.FloatRange(1), default=None,
               help="stop by itself after this many seconds (default: run until Ctrl-C)")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="rule folder (default: rules/)")
 @click.option("--plain", is_flag=True, help="print a summary line every 5 s instead of the live table")
 @click.option("--traffic", type=click.Choice(["protocols", "envelopes"]), default="protocols", show_default=True,

@@ -26,7 +26,7 @@ BOOTSTRAP = click.option("--bootstrap", envvar="SAMEX_KAFKA_BOOTSTRAP", default=
 
 @click.command("worker")
 @BOOTSTRAP
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="rule folder used until a rule set is published on the control topic (default: rules/)")
 @click.option("--web-port", type=int, default=None, help="port of /metrics and /status (default 6066)")
 @click.option("--worker-id", default=None, help="name of this worker in metrics, logs and decision records")
@@ -76,7 +76,7 @@ def publish_cmd(rules_dir: Path, bootstrap: str | None, reason: str | None, forc
             click.echo(p, err=True)
         sys.exit(1)
     if not force_invalid:
-        problems = check_publishable(texts)
+        problems = check_publishable(texts, str(rules_dir).rstrip("/"))
         if problems:
             for p in problems:
                 click.echo(p, err=True)

@@ -66,11 +66,11 @@ def control_key(record: dict[str, Any]) -> bytes:
     return f"replay:{json.loads(record['detail'])['replay_id']}".encode()
 
 
-def validate_texts(texts: dict[str, str]) -> tuple[Engine | None, list[str]]:
-    rules, problems = parse_rules(texts, "rules")
+def validate_texts(texts: dict[str, str], label_root: str = "rules") -> tuple[Engine | None, list[str]]:
+    rules, problems = parse_rules(texts, label_root)
     if rules is None or problems:
         return None, problems or ["unusable rule set"]
-    problems = check_rules(rules)
+    problems = check_rules(rules, label_root)
     if problems:
         return None, problems
     return Engine(rules), []
@@ -168,8 +168,9 @@ async def follow_control(settings: Settings, state: ControlState, stop: asyncio.
             await c.stop()
 
 
-def check_publishable(texts: dict[str, str]) -> list[str]:
-    _engine, problems = validate_texts(texts)
+def check_publishable(texts: dict[str, str], label_root: str = "rules") -> list[str]:
+    """Problems of a rule set before it is published; ``label_root`` names its folder in them."""
+    _engine, problems = validate_texts(texts, label_root)
     return problems
 
 
