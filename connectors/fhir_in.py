@@ -60,6 +60,7 @@ class FhirInbound:
                  base_path: str = "/fhir") -> None:
         self.settings = settings
         self.metrics = metrics
+        metrics.init_inbound(CONNECTOR, ("created", "invalid", "unavailable"))
         self.system = source_system
         self.codec = codec or default_codec()
         self.produce_timeout_s = produce_timeout_s

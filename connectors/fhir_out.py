@@ -92,6 +92,7 @@ class FhirOutbound:
         self.system = system
         self.base = base_url.rstrip("/")
         self.metrics = metrics
+        metrics.init_outbound(system, ("no_answer", "http_429", "http_500", "http_502", "http_503", "http_504"))
         self.store = store
         self.codec = codec or default_codec()
         self.topic = settings.out_topic(system)

@@ -72,6 +72,8 @@ class MllpInbound:
     def __init__(self, settings: Settings, metrics: ConnectorMetrics, options: InboundOptions = InboundOptions(),
                  codec: Codec | None = None) -> None:
         self.settings, self.metrics, self.opt = settings, metrics, options
+        metrics.init_inbound(options.source, ("accepted", "unmappable", "kafka_unavailable", "oversized", "garbage",
+                                              "incomplete_frame", "broken_frame"))
         self.codec = codec or default_codec()
         self.producers: list[AIOKafkaProducer] = []
         self._producer_task: asyncio.Task[None] | None = None

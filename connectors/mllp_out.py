@@ -104,6 +104,7 @@ class MllpOutbound:
         self.codec = codec or default_codec()
         self.topic = settings.out_topic(system)
         self.group_id = options.group_id or f"samex-out-{system}"
+        metrics.init_outbound(system, ("AR", "timeout", "connection", "bad_ack"))
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.parts: dict[TopicPartition, _Partition] = {}

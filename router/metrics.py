@@ -71,6 +71,9 @@ class WorkerMetrics:
         self.etapp_hold_until.labels(etapp).set(hold_until_s)
 
 
+DELIVERY_OUTCOMES = ("acknowledged", "rejected", "skipped_duplicate")  # schemas/delivery.avsc
+
+
 class ConnectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
@@ -88,3 +91,17 @@ class ConnectorMetrics:
                                    ["source", "kind"], registry=r)
         self.dead_letters = Counter("samex_dead_letters", "Messages dead-lettered, by reason code and stage",
                                     ["reason", "stage"], registry=r)
+
+    # Series that exist from the first scrape at 0, so that rate()/increase() and the alerts see the
+    # first refusal or delivery (a series that appears at 1 has no increase to show).
+    def init_outbound(self, system: str, refusal_reasons: tuple[str, ...]) -> None:
+        for outcome in DELIVERY_OUTCOMES:
+            self.deliveries.labels(system, outcome)
+        for reason in refusal_reasons:
+            self.refusals.labels(system, reason)
+        self.delivery_seconds.labels(system)
+        self.outbound_lag.labels(system).set(0)
+
+    def init_inbound(self, connector: str, outcomes: tuple[str, ...]) -> None:
+        for outcome in outcomes:
+            self.inbound.labels(connector, outcome)

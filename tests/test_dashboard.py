@@ -3,21 +3,24 @@
 Worker metrics are checked against a running worker's /metrics after real traffic (routed, parked
 while an etapp is on hold, released, dead-lettered). The delivery and inbound-connector metrics
 (samex_deliveries_total, samex_delivery_refusals_total, samex_delivery_seconds, samex_outbound_lag,
-samex_inbound_total) are exported by the connectors (`samex connector …`) through
-router.metrics.ConnectorMetrics; they are checked against that class in a registry."""
+samex_inbound_total) are checked against running `samex connector mllp-out` and `mllp-in`
+processes' /metrics: their series exist from start-up at 0."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.metrics import ConnectorMetrics
-from tests.kafka_helpers import WorkerProcess
+from tests.kafka_helpers import SAMEX, WorkerProcess, free_port, settings_env
 from tests.ops_helpers import publish_broken_rules, router_settings, run_flow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,16 +60,40 @@ def exported(text: str) -> set[str]:
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
-def connector_exposition() -> str:
-    m = ConnectorMetrics(CollectorRegistry())
-    m.deliveries.labels("melior", "acknowledged").inc()
-    m.refusals.labels("melior", "AR").inc()
-    m.delivery_seconds.labels("melior").observe(0.01)
-    m.outbound_lag.labels("melior").set(3)
-    m.inbound.labels("mllp-in", "AA").inc()
-    m.messages_in.labels("mllp-in:melior", "lab_result").inc()
-    m.dead_letters.labels("rejected_by_destination", "mllp-out").inc()
-    return generate_latest(m.registry).decode()
+def scrape(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return r.read().decode()  # type: ignore[no-any-return]
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"no /metrics on port {port}: {log.read_text(errors='replace')[-3000:]}")
+
+
+def connector_expositions(s, tmp_path: Path) -> str:
+    """/metrics of a running mllp-out (for melior; nothing listens at its endpoint) and mllp-in."""
+    env = settings_env(s)
+    out_port, in_port = free_port(), free_port()
+    commands = {
+        "mllp-out": [SAMEX, "connector", "mllp-out", "--system", "melior", "--endpoint", f"127.0.0.1:{free_port()}",
+                     "--state-dir", str(tmp_path / "state"), "--metrics-port", str(out_port)],
+        "mllp-in": [SAMEX, "connector", "mllp-in", "--port", str(free_port()), "--metrics-port", str(in_port)],
+    }
+    procs = {}
+    try:
+        for name, args in commands.items():
+            log = tmp_path / f"{name}.log"
+            with open(log, "wb") as fh:
+                procs[name] = (subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                                start_new_session=True), log)
+        return "".join(scrape(port, *procs[name]) for name, port in (("mllp-out", out_port), ("mllp-in", in_port)))
+    finally:
+        for proc, _log in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(15)
 
 
 def test_metric_name_extraction() -> None:
@@ -105,7 +132,7 @@ async def test_every_dashboard_metric_is_exported(kafka_bootstrap: str, topic_pr
         worker = exported(w.get("/metrics").decode())
     finally:
         w.stop()
-    connector = exported(connector_exposition())
+    connector = exported(connector_expositions(s, tmp_path))
     missing = []
     for title, expr in panel_queries():
         names = metric_names(expr)
