@@ -66,7 +66,9 @@ def synth_records(n: int, seed: int = 1, patients: int = 500, now_ms: int | None
 
 
 async def produce_records(bootstrap: str, topic: str, records: list[dict], rate: float | None = None,
-                          stamp_now: bool = False) -> list[bytes]:
+                          stamp_now: bool = False, catch_up: bool = True) -> list[bytes]:
+    """Encode and produce ``records`` (at most ``rate`` per second). With ``catch_up=False`` time
+    the event loop spent elsewhere is not made up by a burst: the traffic simply pauses."""
     codec = default_codec()
     p = producer(bootstrap)
     await p.start()
@@ -84,6 +86,8 @@ async def produce_records(bootstrap: str, topic: str, records: list[dict], rate:
                 ahead = (i + 1) / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+                elif not catch_up and ahead < -0.05:
+                    t0 = time.monotonic() - (i + 1) / rate
         await asyncio.gather(*futs)
     finally:
         await p.stop()
