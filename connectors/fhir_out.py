@@ -38,6 +38,8 @@ from router.settings import Settings
 log = logging.getLogger("samex.fhir_out")
 STAGE = "fhir-out"
 RETRY_4XX = {408, 425, 429}
+# refusal reasons created at 0 on start (others, e.g. an unusual 5xx, appear when they happen)
+REFUSAL_REASONS = ("no_answer", *(f"http_{s}" for s in sorted(RETRY_4XX | {500, 502, 503, 504})))
 
 
 class Stopped(SamexError):
@@ -92,7 +94,7 @@ class FhirOutbound:
         self.system = system
         self.base = base_url.rstrip("/")
         self.metrics = metrics
-        metrics.init_outbound(system, ("no_answer", "http_429", "http_500", "http_502", "http_503", "http_504"))
+        metrics.init_outbound(system, REFUSAL_REASONS)
         self.store = store
         self.codec = codec or default_codec()
         self.topic = settings.out_topic(system)

@@ -37,6 +37,9 @@ from router.settings import Settings
 
 log = logging.getLogger("samex.mllp_in")
 STAGE = "mllp-in"
+# every outcome counted in samex_inbound_total{outcome} (created at 0 on start)
+INBOUND_OUTCOMES = ("accepted", "unmappable", "kafka_unavailable", "oversized", "garbage", "incomplete_frame",
+                    "broken_frame")
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,7 @@ class MllpInbound:
     def __init__(self, settings: Settings, metrics: ConnectorMetrics, options: InboundOptions = InboundOptions(),
                  codec: Codec | None = None) -> None:
         self.settings, self.metrics, self.opt = settings, metrics, options
-        metrics.init_inbound(options.source, ("accepted", "unmappable", "kafka_unavailable", "oversized", "garbage",
-                                              "incomplete_frame", "broken_frame"))
+        metrics.init_inbound(options.source, INBOUND_OUTCOMES)
         self.codec = codec or default_codec()
         self.producers: list[AIOKafkaProducer] = []
         self._producer_task: asyncio.Task[None] | None = None

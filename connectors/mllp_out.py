@@ -46,6 +46,8 @@ log = logging.getLogger("samex.mllp_out")
 STAGE = "mllp-out"
 INTERRUPTED = "resent after an interrupted delivery"
 UNANSWERED = "resent after an unanswered attempt"
+# every reason a delivery attempt is counted as refused (samex_delivery_refusals_total{reason})
+REFUSAL_REASONS = ("AR", "timeout", "connection", "bad_ack", "wrong_ack", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class MllpOutbound:
         self.codec = codec or default_codec()
         self.topic = settings.out_topic(system)
         self.group_id = options.group_id or f"samex-out-{system}"
-        metrics.init_outbound(system, ("AR", "timeout", "connection", "bad_ack"))
+        metrics.init_outbound(system, REFUSAL_REASONS)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.parts: dict[TopicPartition, _Partition] = {}

@@ -14,7 +14,6 @@ from tests.kafka_helpers import REPO, SAMEX, free_port
 
 def samex(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = dict(os.environ)
-    full.pop("SAMEX_KAFKA_BOOTSTRAP", None)
     full.update({"SAMEX_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", **env})  # nothing listens there
     return subprocess.run([SAMEX, *args], env=full, capture_output=True, text=True, cwd=REPO, timeout=120)
 
