@@ -114,6 +114,27 @@ async def test_cutover_hold_golive_rollback_golive_under_traffic(kafka_bootstrap
         await produce_records(kafka_bootstrap, s.inbound_topic, batch, stamp_now=True)
         return batch
 
+    async def decisions() -> list[dict]:
+        return [codec.decode_as("decision", r.value) for r in
+                await read_topic(kafka_bootstrap, s.decisions_topic, idle_s=1.0)]
+
+    def parked_all_released(dec: list[dict]) -> tuple[set[str], set[str]]:
+        parked = {d["message_id"] for d in dec if d["input"]["topic"] == s.inbound_topic and d["outcome"] == "parked"}
+        released = {d["message_id"] for d in dec if d["input"]["topic"] == s.park_topic(ETAPP)}
+        return parked, released
+
+    async def wait_released(timeout_s: float = 60) -> None:
+        """Until the park partitions are drained: a message of the etapp that arrives while parked
+        ones wait is parked behind them (per-patient order), so results sent before the drain
+        would be decided at their release, not on arrival."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            parked, released = parked_all_released(await decisions())
+            if parked and released >= parked:
+                return
+            assert time.monotonic() < deadline, (len(parked), len(parked - released))
+            await asyncio.sleep(0.5)
+
     w = WorkerProcess(s, rules=REPO / rules_dir).start()
     try:
         w.wait_ready()
@@ -132,6 +153,7 @@ async def test_cutover_hold_golive_rollback_golive_under_traffic(kafka_bootstrap
         await asyncio.sleep(3)
         etapp(env, "go-live", ETAPP, "--reason", "cutover: go")   # releases the parked messages
         await asyncio.sleep(2)
+        await wait_released()
         results_after_golive = await send_results("before")       # must go to the legacy systems
         await place_orders("live")                                 # placed in Millennium
         await asyncio.sleep(2)
@@ -147,8 +169,7 @@ async def test_cutover_hold_golive_rollback_golive_under_traffic(kafka_bootstrap
         # wait until every input has its decision and every parked message its release
         deadline = time.monotonic() + 90
         while True:
-            dec = [codec.decode_as("decision", r.value) for r in
-                   await read_topic(kafka_bootstrap, s.decisions_topic, idle_s=1.0)]
+            dec = await decisions()
             first = {}
             for d in dec:
                 if d["input"]["topic"] == s.inbound_topic:
@@ -188,8 +209,9 @@ async def test_cutover_hold_golive_rollback_golive_under_traffic(kafka_bootstrap
         assert expect.outcome == "routed" and sorted(expect.destinations) == sorted(d["destinations"]), (d, expect)
     assert followed >= len(results_after_golive) + len(results_after_rollback)
 
-    # results follow their orders across the switches
-    by_id = {d["message_id"]: d for d in dec if d["input"]["topic"] == s.inbound_topic}
+    # results follow their orders across the switches (the routed decision: a result parked behind
+    # earlier parked messages is decided at its release)
+    by_id = {d["message_id"]: d for d in dec if d["outcome"] == "routed"}
     for r in results_after_golive:
         d = by_id[r["message_id"]]
         assert d["destinations"] == ["melior"] and "rules alone say millennium" in d["reason"], d
