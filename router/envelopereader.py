@@ -8,6 +8,7 @@ A property test compares it with the codec.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from router.codec import Codec
@@ -38,43 +39,52 @@ def _varint(d: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _read_fields(d: bytes, pos: int) -> tuple[list[Any], int]:
-    out: list[Any] = []
-    ap = out.append
-    for code in _PLAN:
-        if code == 0 or (code == 1 and d[pos] == 2 and (pos := pos + 1)):
-            b = d[pos]
-            if b < 0x80:
-                n, pos = b >> 1, pos + 1
-            else:
-                n, pos = _varint(d, pos)
-            ap(d[pos:pos + n].decode())
-            pos += n
-        elif code == 1:
-            if d[pos] != 0:
-                raise ValueError("bad union branch")
-            ap(None)
-            pos += 1
+def _source_of(plan: tuple[int, ...]) -> str:
+    """Python source of a reader for ``plan``, unrolled field by field: no per-field dispatch (this
+    reader runs for every message; unrolled it is measurably faster than a loop over the plan)."""
+    lines = ["def _read_fields(d, pos):"]
+    out = []
+    for i, code in enumerate(plan):
+        v = f"f{i}"
+        if code in (0, 1):
+            ind = "    "
+            if code == 1:
+                lines += ["    b = d[pos]", "    if b == 0:", f"        {v} = None", "        pos += 1",
+                          "    elif b != 2:", "        raise ValueError('bad union branch')", "    else:",
+                          "        pos += 1"]
+                ind = "        "
+            lines += [f"{ind}b = d[pos]", f"{ind}if b < 0x80:", f"{ind}    n = b >> 1", f"{ind}    pos += 1",
+                      f"{ind}else:", f"{ind}    n, pos = _varint(d, pos)", f"{ind}{v} = d[pos:pos + n].decode()",
+                      f"{ind}pos += n"]
+            out.append(v)
         elif code == 2:
-            v, pos = _varint(d, pos)
-            ap(v)
+            lines += ["    b = d[pos]", "    if b < 0x80:", f"        {v} = (b >> 1) ^ -(b & 1)", "        pos += 1",
+                      "    else:", f"        {v}, pos = _varint(d, pos)"]
+            out.append(v)
         elif code == 3:
-            if d[pos] == 0:
-                ap(None)
-                pos += 1
-            else:
-                v, pos = _varint(d, pos + 1)
-                ap(v)
-        elif code == 4 or (code == 6 and d[pos] == 2 and (pos := pos + 1)):
-            n, pos = _varint(d, pos)
-            if n < 0:
-                raise ValueError("negative length")
-            pos += n
-        elif code == 6:
-            pos += 1
-        else:
-            _v, pos = _varint(d, pos)
-    return out, pos
+            lines += ["    if d[pos] == 0:", f"        {v} = None", "        pos += 1", "    else:",
+                      f"        {v}, pos = _varint(d, pos + 1)"]
+            out.append(v)
+        elif code in (4, 6):
+            ind = "    "
+            if code == 6:
+                lines += ["    if d[pos] != 2:", "        pos += 1", "    else:", "        pos += 1"]
+                ind = "        "
+            lines += [f"{ind}n, pos = _varint(d, pos)", f"{ind}if n < 0:",
+                      f"{ind}    raise ValueError('negative length')", f"{ind}pos += n"]
+        else:  # 5: a skipped enum
+            lines += ["    if d[pos] < 0x80:", "        pos += 1", "    else:", "        _v, pos = _varint(d, pos)"]
+    lines.append(f"    return ({', '.join(out)},), pos")
+    return "\n".join(lines) + "\n"
+
+
+def _compile_reader(plan: tuple[int, ...]) -> Callable[[bytes, int], tuple[tuple[Any, ...], int]]:
+    namespace: dict[str, Any] = {"_varint": _varint}
+    exec(compile(_source_of(plan), "<envelope reader>", "exec"), namespace)  # our own source text, from _PLAN
+    return namespace["_read_fields"]  # type: ignore[no-any-return]
+
+
+_read_fields = _compile_reader(_PLAN)
 
 
 class RoutingReader:

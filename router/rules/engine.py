@@ -69,13 +69,18 @@ class CompiledRoute:
 class Slot:
     """Everything ``decide`` needs for one (kind, receiver unit), found with two dict lookups."""
 
-    __slots__ = ("etapp", "golive", "live", "memo", "not_live", "unit")
+    __slots__ = ("etapp", "fixed_live", "fixed_not_live", "golive", "live", "memo", "not_live", "unit")
 
     def __init__(self, unit: Unit, etapp: str | None, golive: int) -> None:
         self.unit, self.etapp, self.golive = unit, etapp, golive
         self.live: tuple[CompiledRoute, ...] = ()
         self.not_live: tuple[CompiledRoute, ...] = ()
         self.memo: dict[tuple[object, ...], Decision] = {}
+        # The finished decision when no operational state is set for the etapp ("scheduled") and
+        # the choice cannot depend on the sender, the subtype or the instant (the first candidate
+        # has no condition and sends to no system with a retirement date); None otherwise.
+        self.fixed_live: Decision | None = None
+        self.fixed_not_live: Decision | None = None
 
 
 def party_matches(sel: PartySelector, u: Unit | UnitRow) -> bool:
@@ -120,6 +125,7 @@ class Engine:
         # share one Slot, so the working set stays small however many units the directory has.
         self._slots: dict[str, dict[str, Slot]] = {}
         shared: dict[tuple[object, ...], Slot] = {}
+        interned: dict[Decision, Decision] = {}
         for kind in {k for (_h, k, _l) in self._index}:
             by_kind = self._slots.setdefault(kind, {})
             for hsa, unit in self.units.items():
@@ -134,7 +140,26 @@ class Engine:
                     golive = self.golive_ms.get(unit.etapp, 0) if unit.etapp else 0
                     slot = shared[key] = Slot(unit, unit.etapp, golive)
                     slot.live, slot.not_live = live, not_live
+                    self._fix(slot, kind, interned)
                 by_kind[hsa] = slot
+
+    def _fix(self, slot: Slot, kind: str, interned: dict[Decision, Decision]) -> None:
+        """Precompute a slot's decisions for the scheduled state; equal decisions share one object."""
+        state = "scheduled" if slot.etapp else None
+        for live in (True, False):
+            cands = slot.live if live else slot.not_live
+            if cands and not cands[0].unconditional:
+                continue
+            chosen = cands[0] if cands else None
+            if chosen is not None and any(self._resolve(t, slot.unit, live) in self.retired_ms
+                                          for t in chosen.targets):
+                continue
+            d = self._explain(chosen, slot.unit, kind, live, state, False)
+            d = interned.setdefault(d, d)
+            if live:
+                slot.fixed_live = d
+            else:
+                slot.fixed_not_live = d
 
     # -- compilation ------------------------------------------------------------------------
     def _receivers(self, sel: PartySelector, etapp: str | None, by: dict[str, dict[str, set[str]]]) -> set[str]:
@@ -222,11 +247,17 @@ class Engine:
             return self._slow_decide(env, as_of_ms, states or {})
         etapp = slot.etapp
         if etapp is None:
+            fixed = slot.fixed_not_live
+            if fixed is not None:
+                return fixed
             live, state = False, None
         else:
             state = states.get(etapp, "scheduled") if states else "scheduled"
             if state == "scheduled":
                 live = as_of_ms >= slot.golive
+                fixed = slot.fixed_live if live else slot.fixed_not_live
+                if fixed is not None:
+                    return fixed
             elif state == "live":
                 live = True
             elif state == "hold":

@@ -107,6 +107,7 @@ class RouterCore:
         self._key = settings.patient_key_bytes
         self._decision_fp = codec.fingerprint("decision")
         self._decision_enc = DecisionEncoder(codec)
+        self._blocks: dict[Decision, bytes] = {}  # encoded decision fields per Decision (see _decision_record)
         self._reader = RoutingReader(codec)
 
     # -- one batch ------------------------------------------------------------------------------
@@ -290,7 +291,22 @@ class RouterCore:
             dests = [self.settings.park_topic(d.etapp or "")]
         else:
             dests = []
-        if env is not None:
+        enc = self._decision_enc
+        if env is not None and d is not None and enc.fast and reason is d.reason and version is d.rules_version:
+            # what the decision says is the same bytes for every message it decides: kept per Decision
+            block = self._blocks.get(d)
+            if block is None:
+                if len(self._blocks) > 50_000:
+                    self._blocks.clear()
+                block = self._blocks[d] = enc.block(outcome, dests, d.rule, version, d.etapp, d.etapp_state, reason)
+            corr = env["correlation"]
+            value = enc.encode_with_block(
+                mid, env.get("source_message_id"), env["kind"], block, now_ms, now_ms, float(latency_ms),
+                rec.topic, rec.partition, rec.offset, key.decode() if key else None,
+                env["sender"]["unit_hsa_id"], env["receiver"]["unit_hsa_id"], corr.get("placer_order_number"),
+                corr.get("filler_order_number"), corr.get("referral_id"), env.get("trace_id"), replay_id,
+                self.worker_id, env.get("source"))
+        elif env is not None:
             corr = env["correlation"]
             value = self._decision_enc.encode(
                 mid, env.get("source_message_id"), env["kind"], outcome, dests, d.rule if d else None, version,

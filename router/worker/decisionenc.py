@@ -73,6 +73,7 @@ class DecisionEncoder:
         self.fast = layout_of(schema) == LAYOUT and \
             tuple(next(f for f in schema["fields"] if f["name"] == "outcome")["type"]["symbols"]) == OUTCOMES
         self._outcome = {o: _SMALL[i] for i, o in enumerate(OUTCOMES)}
+        self._times: dict[int, bytes] = {}
 
     def encode(self, message_id: str, source_message_id: str | None, kind: str | None, outcome: str,
                destinations: list[str], rule: str | None, rules_version: str, etapp: str | None,
@@ -89,11 +90,35 @@ class DecisionEncoder:
                 "patient_key": patient_key, "sender_unit": sender_unit, "receiver_unit": receiver_unit,
                 "placer_order_number": placer, "filler_order_number": filler, "referral_id": referral_id,
                 "trace_id": trace_id, "replay_id": replay_id, "worker": worker, "source": source})
+        block = self.block(outcome, destinations, rule, rules_version, etapp, etapp_state, reason)
+        return self.encode_with_block(message_id, source_message_id, kind, block, as_of_ms, decided_at_ms,
+                                      latency_ms, topic, partition, offset, patient_key, sender_unit, receiver_unit,
+                                      placer, filler, referral_id, trace_id, replay_id, worker, source)
+
+    def block(self, outcome: str, destinations: list[str] | tuple[str, ...], rule: str | None, rules_version: str,
+              etapp: str | None, etapp_state: str | None, reason: str) -> bytes:
+        """The fields from ``outcome`` to ``reason``, contiguous in the layout: what a decision says.
+        The hot path keeps these bytes per Decision (decisions repeat), see ``RouterCore``."""
         dests = _int(len(destinations)) + b"".join(_str(d) for d in destinations) + b"\x00" if destinations else b"\x00"
+        return b"".join((self._outcome[outcome], dests, _opt(rule), _str(rules_version), _opt(etapp),
+                         _opt(etapp_state), _str(reason)))
+
+    def encode_with_block(self, message_id: str, source_message_id: str | None, kind: str | None, block: bytes,
+                          as_of_ms: int, decided_at_ms: int, latency_ms: float, topic: str, partition: int,
+                          offset: int, patient_key: str | None, sender_unit: str | None, receiver_unit: str | None,
+                          placer: str | None, filler: str | None, referral_id: str | None, trace_id: str | None,
+                          replay_id: str | None, worker: str | None, source: str | None) -> bytes:
+        if as_of_ms == decided_at_ms:
+            times = self._times.get(as_of_ms)
+            if times is None:
+                t = _long(as_of_ms)
+                self._times = {as_of_ms: t + t}  # one instant per batch: keep the last only
+                times = t + t
+        else:
+            times = _long(as_of_ms) + _long(decided_at_ms)
         return b"".join((
-            self.header, _str(message_id), _opt(source_message_id), _opt(kind), self._outcome[outcome], dests,
-            _opt(rule), _str(rules_version), _opt(etapp), _opt(etapp_state), _str(reason), _long(as_of_ms),
-            _long(decided_at_ms), _double(latency_ms), _str(topic), _int(partition), _long(offset),
+            self.header, _str(message_id), _opt(source_message_id), _opt(kind), block, times,
+            _double(latency_ms), _str(topic), _int(partition), _long(offset),
             _opt(patient_key), _opt(sender_unit), _opt(receiver_unit), _opt(placer), _opt(filler), _opt(referral_id),
             _opt(trace_id), _opt(replay_id), _opt(worker), _opt(source),
         ))
