@@ -107,7 +107,8 @@ class RouterCore:
         self._key = settings.patient_key_bytes
         self._decision_fp = codec.fingerprint("decision")
         self._decision_enc = DecisionEncoder(codec)
-        self._blocks: dict[Decision, bytes] = {}  # encoded decision fields per Decision (see _decision_record)
+        self._blocks: dict[int, tuple[Decision, bytes]] = {}  # encoded decision fields per Decision
+        self._dheaders: dict[int, tuple[Decision, tuple[Header, ...]]] = {}  # rule/version/etapp headers
         self._reader = RoutingReader(codec)
 
     # -- one batch ------------------------------------------------------------------------------
@@ -249,13 +250,18 @@ class RouterCore:
     # -- records --------------------------------------------------------------------------------
     def _headers(self, env: dict[str, Any], d: Decision, replay_id: str | None,
                  extra: Sequence[Header]) -> list[Header]:
-        h: list[Header] = [
-            ("samex-message-id", env["message_id"].encode()),
-            ("samex-rule", (d.rule or "").encode()),
-            ("samex-rules-version", d.rules_version.encode()),
-            ("samex-etapp", (d.etapp or "").encode()),
-            ("samex-trace-id", (env.get("trace_id") or env["message_id"]).encode()),
-        ]
+        cached = self._dheaders.get(id(d))
+        if cached is not None and cached[0] is d:
+            per_decision = cached[1]
+        else:
+            if len(self._dheaders) > 50_000:
+                self._dheaders.clear()
+            per_decision = (("samex-rule", (d.rule or "").encode()),
+                            ("samex-rules-version", d.rules_version.encode()),
+                            ("samex-etapp", (d.etapp or "").encode()))
+            self._dheaders[id(d)] = (d, per_decision)
+        h: list[Header] = [("samex-message-id", env["message_id"].encode()), *per_decision,
+                           ("samex-trace-id", (env.get("trace_id") or env["message_id"]).encode())]
         if replay_id:
             h.append(("samex-replay-id", replay_id.encode()))
         h.extend(extra)
@@ -294,11 +300,16 @@ class RouterCore:
         enc = self._decision_enc
         if env is not None and d is not None and enc.fast and reason is d.reason and version is d.rules_version:
             # what the decision says is the same bytes for every message it decides: kept per Decision
-            block = self._blocks.get(d)
-            if block is None:
+            # keyed by identity (a Decision's own hash walks all its fields); the entry holds the
+            # Decision, so its id cannot be reused while the entry exists
+            cached = self._blocks.get(id(d))
+            if cached is not None and cached[0] is d:
+                block = cached[1]
+            else:
                 if len(self._blocks) > 50_000:
                     self._blocks.clear()
-                block = self._blocks[d] = enc.block(outcome, dests, d.rule, version, d.etapp, d.etapp_state, reason)
+                block = enc.block(outcome, dests, d.rule, version, d.etapp, d.etapp_state, reason)
+                self._blocks[id(d)] = (d, block)
             corr = env["correlation"]
             value = enc.encode_with_block(
                 mid, env.get("source_message_id"), env["kind"], block, now_ms, now_ms, float(latency_ms),
