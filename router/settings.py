@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(1_000_000, ge=1024, description="larger inbound records are dead-lettered")
     batch_max: int = Field(2000, ge=1, description="records per poll on the hot path")
     linger_ms: int = Field(2, ge=0)
+    fetch_max_wait_ms: int = Field(
+        5, ge=0, le=500, description="longest the broker holds the hot path's fetch: aiokafka has one fetch in flight "
+        "per broker, so a partition with new data can wait this long behind a fetch for the others")
     etapp_lead_ms: int = Field(1000, ge=0, description="an etapp change without --at takes effect this long after "
                                "it is published, so that every worker has it before it applies")
     etapp_max_backdate_s: int = Field(300, ge=0, description="how far in the past --at may lie")

@@ -262,7 +262,11 @@ def build_app(settings: Settings, runtime: WorkerRuntime | None = None) -> tuple
     from router.worker.orders import OrderBook, orders_changelog_topic
 
     # the table's store is written directly; the changelog records travel with the batch outputs
-    runtime.orderbook = OrderBook(runtime.orders.data, lambda: runtime.core.engine, runtime.control.states,
+    # (the memory store keeps its entries in a plain dict: read and write that, not through the
+    # store's Mapping methods, which cost about 4 % of the hot path's time in a profile)
+    store = runtime.orders.data
+    book = store.data if isinstance(getattr(store, "data", None), dict) else store
+    runtime.orderbook = OrderBook(book, lambda: runtime.core.engine, runtime.control.states,
                                   orders_changelog_topic(settings))
     runtime.core.hooks.append(runtime.orderbook)
     inbound = app.topic(settings.inbound_topic, key_type=bytes, value_type=bytes, key_serializer="raw",

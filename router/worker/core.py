@@ -178,6 +178,7 @@ class RouterCore:
                 last_seen[source] = env["received_time_ms"]
             t0 = perf()
             decision = engine.decide(env, now_ms, states)
+            decided = decision  # the engine's own (memoised) object: its encoded fields are worth keeping
             for hook in self.hooks:
                 replaced = hook(env, decision, now_ms, rec)
                 if replaced is not None:
@@ -196,7 +197,7 @@ class RouterCore:
                 decision = Decision(decision.outcome, decision.destinations, decision.rule, decision.rules_version,
                                     decision.etapp, decision.etapp_state,
                                     f"released from {rec.topic}: {decision.reason}", decision.reason_code)
-            headers = self._headers(env, decision, replay_id, extra_headers)
+            headers = self._headers(env, decision, replay_id, extra_headers, decision is decided)
             if decision.outcome == "routed":
                 for dest in decision.destinations:
                     outs.append(OutRecord(self.settings.out_topic(dest), key, value, headers))
@@ -222,7 +223,7 @@ class RouterCore:
                                               now_ms - env["received_time_ms"], decision.reason,
                                               {"routed": "routed", "park": "parked"}.get(decision.outcome,
                                                                                           "dead_letter"),
-                                              key, replay_id))
+                                              key, replay_id, decision is decided))
             decisions.append((mid, decision))
         for hook in self.hooks:
             drain = getattr(hook, "drain", None)
@@ -249,17 +250,18 @@ class RouterCore:
 
     # -- records --------------------------------------------------------------------------------
     def _headers(self, env: dict[str, Any], d: Decision, replay_id: str | None,
-                 extra: Sequence[Header]) -> list[Header]:
-        cached = self._dheaders.get(id(d))
+                 extra: Sequence[Header], keep: bool = False) -> list[Header]:
+        cached = self._dheaders.get(id(d)) if keep else None
         if cached is not None and cached[0] is d:
             per_decision = cached[1]
         else:
-            if len(self._dheaders) > 50_000:
-                self._dheaders.clear()
             per_decision = (("samex-rule", (d.rule or "").encode()),
                             ("samex-rules-version", d.rules_version.encode()),
                             ("samex-etapp", (d.etapp or "").encode()))
-            self._dheaders[id(d)] = (d, per_decision)
+            if keep:
+                if len(self._dheaders) > 50_000:
+                    self._dheaders.clear()
+                self._dheaders[id(d)] = (d, per_decision)
         h: list[Header] = [("samex-message-id", env["message_id"].encode()), *per_decision,
                            ("samex-trace-id", (env.get("trace_id") or env["message_id"]).encode())]
         if replay_id:
@@ -288,7 +290,7 @@ class RouterCore:
 
     def _decision_record(self, rec: InRecord, mid: str, env: dict[str, Any] | None, d: Decision | None,
                          version: str, now_ms: int, latency_ms: float, reason: str, outcome: str,
-                         key: bytes | None, replay_id: str | None) -> OutRecord:
+                         key: bytes | None, replay_id: str | None, keep: bool = False) -> OutRecord:
         if d is None:
             dests: list[str] = []
         elif d.outcome == "routed":
@@ -302,14 +304,15 @@ class RouterCore:
             # what the decision says is the same bytes for every message it decides: kept per Decision
             # keyed by identity (a Decision's own hash walks all its fields); the entry holds the
             # Decision, so its id cannot be reused while the entry exists
-            cached = self._blocks.get(id(d))
+            cached = self._blocks.get(id(d)) if keep else None
             if cached is not None and cached[0] is d:
                 block = cached[1]
             else:
-                if len(self._blocks) > 50_000:
-                    self._blocks.clear()
                 block = enc.block(outcome, dests, d.rule, version, d.etapp, d.etapp_state, reason)
-                self._blocks[id(d)] = (d, block)
+                if keep:
+                    if len(self._blocks) > 50_000:
+                        self._blocks.clear()
+                    self._blocks[id(d)] = (d, block)
             corr = env["correlation"]
             value = enc.encode_with_block(
                 mid, env.get("source_message_id"), env["kind"], block, now_ms, now_ms, float(latency_ms),

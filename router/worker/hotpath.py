@@ -34,7 +34,8 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
     sender = BatchSender(runtime.producer)
     c = consumer(settings.kafka_bootstrap, settings.inbound_topic, group_id=settings.group_id,
                  max_partition_fetch_bytes=8 << 20, client_id=f"samex-{settings.worker_id}",
-                 session_timeout_ms=10000, heartbeat_interval_ms=1000, max_poll_interval_ms=300000)
+                 session_timeout_ms=10000, heartbeat_interval_ms=1000, max_poll_interval_ms=300000,
+                 fetch_max_wait_ms=settings.fetch_max_wait_ms)
     await c.start()
     runtime.consumer = c
     from router.worker.release import Releaser
