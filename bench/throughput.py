@@ -7,8 +7,14 @@ In the same run, for the same messages:
             decision topics with acks=all, commit).
 Throughput = records / (last output timestamp - first output timestamp), so start-up and
 rebalancing are not counted for either. Then p50/p99 end-to-end latency (envelope received
-time -> record read by a consumer of the destination topics) at a steady 1,000 msg/s.
-Last line: {"router_msgs_per_s", "raw_msgs_per_s", "ratio", "p50_ms", "p99_ms"}, medians of 3 runs.
+time -> record read by a consumer of the destination topics) at a steady 1,000 msg/s, through
+the worker and, right after, through the raw passthrough run as its own process (the floor of
+this client stack and machine at that moment). Each latency run sends WARM_SECONDS (10) of
+traffic first and measures the LAT_SECONDS (20) after it: steady state. The figure from the
+first message is printed too; it includes the first writes to each of the ~120 new partitions
+(the broker creates their segment files then) and the worker's own warm-up.
+Last line: {"router_msgs_per_s", "raw_msgs_per_s", "ratio", "p50_ms", "p99_ms", "raw_p50_ms",
+"raw_p99_ms"}, medians of 3 runs.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -37,6 +44,7 @@ from tests.kafka_helpers import WorkerProcess, produce_records, synth_records, t
 N = int(os.environ.get("SAMEX_BENCH_N", "60000"))
 RUNS = int(os.environ.get("SAMEX_BENCH_RUNS", "3"))
 LAT_SECONDS = int(os.environ.get("SAMEX_BENCH_LAT_S", "20"))
+WARM_SECONDS = int(os.environ.get("SAMEX_BENCH_WARM_S", "10"))
 
 
 async def out_span(bootstrap: str, topics: list[str], expect: int, timeout: float = 300) -> tuple[int, float]:
@@ -112,8 +120,27 @@ async def router_run(bootstrap: str, values_src: list[dict], run: int,
     return router, raw
 
 
-async def latency_run(bootstrap: str, run: int) -> tuple[float, float]:
-    prefix = f"lat{run}{uuid.uuid4().hex[:4]}."
+async def raw_pass_forever(bootstrap: str, src: str, dst: str) -> None:
+    """The raw passthrough as its own process, for the latency floor: consume, produce with
+    acks=all, wait for the acknowledgements, commit; what the router does minus the routing."""
+    c = consumer(bootstrap, src, group_id=f"rawlat-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=5)
+    p = producer(bootstrap)
+    await c.start()
+    await p.start()
+    print("ready", flush=True)
+    while True:
+        batch = await c.getmany(timeout_ms=100, max_records=2000)
+        futs = [await p.send(dst, r.value, key=r.key, headers=r.headers) for recs in batch.values() for r in recs]
+        if futs:
+            await asyncio.gather(*futs)
+            await c.commit()
+
+
+async def latency_run(bootstrap: str, run: int, raw: bool = False) -> tuple[float, float, float, float]:
+    """p50/p99 at 1,000 msg/s through one worker, or (``raw``) through the raw passthrough process:
+    over the LAT_SECONDS after a WARM_SECONDS warm-up at the same rate (steady state), and over all
+    of it from the first message (which includes the first writes to every new partition)."""
+    prefix = f"lat{run}{'r' if raw else 'w'}{uuid.uuid4().hex[:4]}."
     s = topic_settings(bootstrap, prefix)
     from router.rules.engine import Engine
     from router.rules.load import load_rules
@@ -121,33 +148,48 @@ async def latency_run(bootstrap: str, run: int) -> tuple[float, float]:
 
     eng = Engine(load_rules(REPO / "rules"))
     await ensure_router_topics(s, eng.systems, eng.golive_ms)
-    w = WorkerProcess(s, worker_id=f"lat{run}").start()
-    w.wait_ready()
+    if raw:
+        out_topics = [f"{prefix}raw-out"]
+        await ensure_topics(bootstrap, out_topics, partitions=6)
+        proc = subprocess.Popen([sys.executable, __file__, "--raw-pass", bootstrap, s.inbound_topic, out_topics[0]],
+                                stdout=subprocess.PIPE, cwd=REPO)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        w = None
+    else:
+        out_topics = [s.out_topic(x) for x in eng.systems]
+        w = WorkerProcess(s, worker_id=f"lat{run}").start()
+        w.wait_ready()
     await asyncio.sleep(2)
     codec = default_codec()
-    c = consumer(bootstrap, *[s.out_topic(x) for x in eng.systems], group_id=f"{prefix}lat",
-                 auto_offset_reset="latest", fetch_max_wait_ms=5)
+    c = consumer(bootstrap, *out_topics, group_id=f"{prefix}lat", auto_offset_reset="latest", fetch_max_wait_ms=5)
     await c.start()
     await asyncio.sleep(3)
-    lat: list[float] = []
-    recs = synth_records(1000 * LAT_SECONDS, seed=run + 10)
+    samples: list[tuple[int, float]] = []  # (received time, latency)
+    recs = synth_records(1000 * (WARM_SECONDS + LAT_SECONDS), seed=run + 10)
 
     async def collect() -> None:
-        while len(lat) < len(recs) * 0.97:
+        while len(samples) < len(recs) * 0.97:
             for rs in (await c.getmany(timeout_ms=100, max_records=5000)).values():
                 now = time.time() * 1000
                 for r in rs:
-                    lat.append(now - codec.decode(r.value)[1]["received_time_ms"])
+                    received = codec.decode(r.value)[1]["received_time_ms"]
+                    samples.append((received, now - received))
 
     task = asyncio.create_task(collect())
+    steady_from = time.time() * 1000 + WARM_SECONDS * 1000
     await produce_records(bootstrap, s.inbound_topic, recs, rate=1000, stamp_now=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(task, 30)
     await c.stop()
-    w.stop()
-    lat.sort()
-    warm = lat[len(lat) // 20:]  # the first 5 % include the consumer's first fetches
-    return statistics.median(warm), warm[int(len(warm) * 0.99)]
+    if w is not None:
+        w.stop()
+    else:
+        proc.kill()
+        proc.wait()
+    steady = sorted(lat for received, lat in samples if received >= steady_from)
+    everything = sorted(lat for _received, lat in samples)
+    return (statistics.median(steady), steady[int(len(steady) * 0.99)],
+            statistics.median(everything), everything[int(len(everything) * 0.99)])
 
 
 async def main(bootstrap: str) -> None:
@@ -163,18 +205,34 @@ async def main(bootstrap: str) -> None:
         faust_agent, raw_f = await router_run(bootstrap, values, 99, hot_path="faust-agent")
         print(f"for comparison, faust agent (take_events) hot path: {faust_agent:,.0f} msg/s, "
               f"raw {raw_f:,.0f} msg/s, ratio {faust_agent / raw_f:.2f}", flush=True)
+        raw50s, raw99s, all99s, rawall99s = [], [], [], []
         for run in range(RUNS):
-            p50, p99 = await latency_run(bootstrap, run)
+            p50, p99, _a50, a99 = await latency_run(bootstrap, run)
             p50s.append(p50)
             p99s.append(p99)
-            print(f"latency run {run + 1} at 1,000 msg/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+            all99s.append(a99)
+            r50, r99, _ra50, ra99 = await latency_run(bootstrap, run, raw=True)
+            raw50s.append(r50)
+            raw99s.append(r99)
+            rawall99s.append(ra99)
+            print(f"latency run {run + 1} at 1,000 msg/s, {LAT_SECONDS} s after a {WARM_SECONDS} s warm-up: "
+                  f"router p50 {p50:.1f} ms, p99 {p99:.1f} ms; raw passthrough p50 {r50:.1f} ms, p99 {r99:.1f} ms "
+                  f"(p99 from the first message: router {a99:.1f} ms, raw {ra99:.1f} ms)", flush=True)
         r, w = statistics.median(routers), statistics.median(raws)
         print(json.dumps({"router_msgs_per_s": round(r), "raw_msgs_per_s": round(w),
                           "ratio": round(statistics.median([a / b for a, b in zip(routers, raws, strict=True)]), 3),
                           "p50_ms": round(statistics.median(p50s), 1), "p99_ms": round(statistics.median(p99s), 1),
+                          "raw_p50_ms": round(statistics.median(raw50s), 1),
+                          "raw_p99_ms": round(statistics.median(raw99s), 1),
+                          "p99_from_first_message_ms": round(statistics.median(all99s), 1),
+                          "raw_p99_from_first_message_ms": round(statistics.median(rawall99s), 1),
                           "messages": N, "runs": RUNS}))
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--raw-pass"]:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(raw_pass_forever(*sys.argv[2:5]))
+        sys.exit(0)
     with kafka_broker() as broker:
         asyncio.run(main(broker))
