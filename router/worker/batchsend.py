@@ -8,14 +8,17 @@ batches sent in order; the idempotent producer keeps that order across retries.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from router.worker.core import OutRecord
 
 _CACHE_MAX = 200_000
+log = logging.getLogger("samex.worker")
 
 
 class BatchSender:
@@ -31,6 +34,15 @@ class BatchSender:
             n = len(await self.producer.partitions_for(topic))
             self._partitions[topic] = n
         return n
+
+    async def warm(self, topics: Sequence[str]) -> None:
+        """Learn the partition counts of ``topics`` ahead of the first records (missing topics are
+        skipped: they are looked up, or refused by the broker, when first written)."""
+        for t in topics:
+            try:
+                await asyncio.wait_for(self._count(t), 2)
+            except (TimeoutError, KafkaError):
+                log.warning("no partition metadata for a topic at start-up", extra={"topic": t})
 
     def _partition(self, key: bytes | None, n: int) -> int:
         if key is None:

@@ -32,6 +32,14 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
     await runtime.wait_tables()
     await runtime.start_producer()
     sender = BatchSender(runtime.producer)
+    # Partition counts of every topic the hot path writes, fetched now: otherwise the first batches
+    # each wait for a metadata round trip per new topic (part of the first seconds' latency tail).
+    from router.worker.orders import orders_changelog_topic
+
+    engine = runtime.core.engine
+    await sender.warm([*(settings.out_topic(x) for x in engine.systems), settings.decisions_topic,
+                       settings.deadletter_topic, *(settings.park_topic(e) for e in engine.golive_ms),
+                       orders_changelog_topic(settings)])
     c = consumer(settings.kafka_bootstrap, settings.inbound_topic, group_id=settings.group_id,
                  max_partition_fetch_bytes=8 << 20, client_id=f"samex-{settings.worker_id}",
                  session_timeout_ms=10000, heartbeat_interval_ms=1000, max_poll_interval_ms=300000,
