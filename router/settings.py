@@ -34,8 +34,6 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(1_000_000, ge=1024, description="larger inbound records are dead-lettered")
     batch_max: int = Field(2000, ge=1, description="records per poll on the hot path")
     linger_ms: int = Field(2, ge=0)
-    max_inflight_batches: int = Field(4, ge=1, le=64, description="hot-path batches decided and sent before the "
-                                      "oldest one's acknowledgements are awaited")
     fetch_max_wait_ms: int = Field(
         5, ge=0, le=500, description="longest the broker holds the hot path's fetch: aiokafka has one fetch in flight "
         "per broker, so a partition with new data can wait this long behind a fetch for the others")

@@ -11,7 +11,6 @@ applies here too); scale by partitions and workers.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import gc
 import logging
@@ -58,16 +57,13 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
     # slowest batch went from ~55 ms to ~25 ms.
     gc.collect()
     gc.freeze()
-    # Batches are decided while earlier ones are in flight (at most ``max_inflight_batches``): their
-    # outputs are handed to the producer, and their offsets are committed only once every output is
-    # acknowledged. Batches settle and commit strictly in order. The loop waits for the oldest
-    # batch's acknowledgements only when nothing new came in or too many are in flight; otherwise it
-    # settles just the batches already acknowledged, so new records are not held up behind acks.
-    inflight: collections.deque[tuple[list[Any], dict[Any, int], Any, list[Any]]] = collections.deque()
-    cap = settings.max_inflight_batches
+    # One batch may be in flight while the next is decided: its outputs are handed to the
+    # producer, and its offsets are committed only once every output is acknowledged. Batches
+    # complete and commit strictly in order.
+    pending: tuple[list[Any], dict[Any, int], Any, list[Any]] | None = None
     try:
         while not stop.is_set():
-            batch = await c.getmany(timeout_ms=0 if inflight else 100, max_records=settings.batch_max)
+            batch = await c.getmany(timeout_ms=100 if pending is None else 0, max_records=settings.batch_max)
             await releaser.sync()  # before deciding: the backlog of newly assigned partitions must be known
             if batch:
                 records = [InRecord(m.topic, m.partition, m.offset, m.key, m.value,
@@ -75,26 +71,16 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
                            for msgs in batch.values() for m in msgs]
                 result = runtime.core.process(records)
                 futures = await sender.enqueue(result.outputs)
-                inflight.append((futures, {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}, result,
-                                 [(tp, msgs[-1].offset) for tp, msgs in batch.items()]))
-            must_wait = not batch or len(inflight) > cap
-            settled: dict[Any, int] = {}
-            while inflight and (must_wait or all(f.done() for f in inflight[0][0])):
-                futures, offsets, result, last = inflight.popleft()
-                await _settle(c, runtime, sender, futures, result, last)
-                settled.update(offsets)  # later batches carry higher offsets
-                must_wait = len(inflight) > cap
-            if settled:
-                await _commit_owned(c, settled)
+            if pending is not None:
+                await _complete(c, runtime, sender, *pending)
+                pending = None
+            if batch:
+                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                pending = (futures, offsets, result, [(tp, msgs[-1].offset) for tp, msgs in batch.items()])
             if runtime.core.backlog:
                 await releaser.step(sender, settings.release_batch_max)
-        settled = {}
-        while inflight:
-            futures, offsets, result, last = inflight.popleft()
-            await _settle(c, runtime, sender, futures, result, last)
-            settled.update(offsets)
-        if settled:
-            await _commit_owned(c, settled)
+        if pending is not None:
+            await _complete(c, runtime, sender, *pending)
     finally:
         with contextlib.suppress(Exception):
             await releaser.stop()
@@ -111,9 +97,9 @@ async def _commit(c: Any, offsets: dict[Any, int]) -> None:
         log.warning("commit failed; records after the last commit will be re-processed", extra={"error": repr(exc)})
 
 
-async def _settle(c: Any, runtime: Any, sender: BatchSender, futures: list[Any], result: Any,
-                  last: list[Any]) -> None:
-    """Wait for a batch's acknowledgements (re-sending it whole on failure) and account for it."""
+async def _complete(c: Any, runtime: Any, sender: BatchSender, futures: list[Any], offsets: dict[Any, int],
+                    result: Any, last: list[Any]) -> None:
+    """Wait for a batch's acknowledgements (re-sending it whole on failure), then commit it."""
     try:
         await asyncio.gather(*futures)
     except KafkaError as exc:
@@ -129,7 +115,18 @@ async def _settle(c: Any, runtime: Any, sender: BatchSender, futures: list[Any],
             raise RuntimeError("could not write a batch's outputs; stopping without committing") from exc
     runtime.core.ack_parks(result)
     runtime.after_batch(result)
+    # A rebalance may have taken partitions away while the batch was in flight: commit only what is
+    # still ours. The new owner re-processes the rest from the last commit (at-least-once);
+    # duplicates are identifiable by message id and dropped by the outbound connectors.
     assigned = c.assignment()
+    mine = {tp: off for tp, off in offsets.items() if tp in assigned}
+    if len(mine) < len(offsets):
+        log.warning("partitions moved during a batch; their records will be re-processed by the new owner",
+                    extra={"partitions": len(offsets) - len(mine)})
+    if mine:
+        # Committed before the next batch completes. Measured: committing in a background task
+        # behind the loop gained no throughput and widened the re-processing window after a kill.
+        await _commit(c, mine)
     for tp, offset in last:
         if tp not in assigned:
             continue
@@ -140,18 +137,3 @@ async def _settle(c: Any, runtime: Any, sender: BatchSender, futures: list[Any],
         if hw is not None:
             runtime.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - offset - 1))
     runtime.last_batch_at = time.time()
-
-
-async def _commit_owned(c: Any, offsets: dict[Any, int]) -> None:
-    """Commit the settled batches' offsets. A rebalance may have taken partitions away while they
-    were in flight: commit only what is still ours. The new owner re-processes the rest from the
-    last commit (at-least-once); duplicates are identifiable by message id and dropped by the
-    outbound connectors. Measured: committing in a background task behind the loop gained no
-    throughput and widened the re-processing window after a kill, so the commit stays here."""
-    assigned = c.assignment()
-    mine = {tp: off for tp, off in offsets.items() if tp in assigned}
-    if len(mine) < len(offsets):
-        log.warning("partitions moved during a batch; their records will be re-processed by the new owner",
-                    extra={"partitions": len(offsets) - len(mine)})
-    if mine:
-        await _commit(c, mine)
