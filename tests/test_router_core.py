@@ -84,6 +84,24 @@ def test_every_input_gets_exactly_one_decision_and_routed_outputs_match_it():
     assert text == sum(1 for r in recs if r["kind"] == "remiss")
 
 
+def test_kept_decision_bytes_equal_freshly_encoded_ones():
+    # The hot path keeps each engine decision's headers and encoded decision fields; every output
+    # must be byte for byte what encoding each message from scratch gives.
+    recs = records(300, bad_share=0.05)
+    inputs = as_inputs([CODEC.encode("envelope", r) for r in recs])
+    now = int(time.time() * 1000)
+    kept, _ = make_core()
+    fresh, _ = make_core()
+    fresh._kept_for = lambda d: (d, fresh._decision_headers(d), None)  # nothing kept: encode every time
+    first = kept.process(inputs, now_ms=now).outputs
+    again = kept.process(inputs, now_ms=now).outputs  # now from the kept entries
+    expected = fresh.process(inputs, now_ms=now).outputs
+    assert len(kept._kept) > 0
+    for outs in (first, again):
+        assert [(o.topic, o.key, o.value, o.headers) for o in outs] == \
+            [(o.topic, o.key, o.value, o.headers) for o in expected]
+
+
 def test_headers_and_keys_on_destination_records():
     recs = records(50)
     core, _ = make_core()

@@ -25,6 +25,9 @@ from router.worker.decisionenc import DecisionEncoder
 from router.worker.states import StateBook
 
 DEAD_LETTER_KEEP_BYTES = 64 * 1024
+# Decision.outcome -> the decision record's outcome symbol
+RECORD_OUTCOME = {"routed": "routed", "park": "parked", "dead_letter": "dead_letter"}
+_KEPT_MAX = 50_000
 Header = tuple[str, bytes]
 
 
@@ -107,8 +110,10 @@ class RouterCore:
         self._key = settings.patient_key_bytes
         self._decision_fp = codec.fingerprint("decision")
         self._decision_enc = DecisionEncoder(codec)
-        self._blocks: dict[int, tuple[Decision, bytes]] = {}  # encoded decision fields per Decision
-        self._dheaders: dict[int, tuple[Decision, tuple[Header, ...]]] = {}  # rule/version/etapp headers
+        # Per engine decision (decisions repeat): its rule/version/etapp headers and its encoded
+        # outcome-to-reason block of the decision record. Keyed by identity (a Decision's own hash
+        # walks all its fields); the entry holds the Decision, so its id is not reused meanwhile.
+        self._kept: dict[int, tuple[Decision, tuple[Header, ...], bytes | None]] = {}
         self._reader = RoutingReader(codec)
 
     # -- one batch ------------------------------------------------------------------------------
@@ -197,7 +202,8 @@ class RouterCore:
                 decision = Decision(decision.outcome, decision.destinations, decision.rule, decision.rules_version,
                                     decision.etapp, decision.etapp_state,
                                     f"released from {rec.topic}: {decision.reason}", decision.reason_code)
-            headers = self._headers(env, decision, replay_id, extra_headers, decision is decided)
+            kept = self._kept_for(decision) if decision is decided else None
+            headers = self._headers(env, decision, replay_id, extra_headers, kept)
             if decision.outcome == "routed":
                 for dest in decision.destinations:
                     outs.append(OutRecord(self.settings.out_topic(dest), key, value, headers))
@@ -221,9 +227,8 @@ class RouterCore:
                 dead_c[decision.reason_code] += 1
             outs.append(self._decision_record(rec, mid, env, decision, decision.rules_version, now_ms,
                                               now_ms - env["received_time_ms"], decision.reason,
-                                              {"routed": "routed", "park": "parked"}.get(decision.outcome,
-                                                                                          "dead_letter"),
-                                              key, replay_id, decision is decided))
+                                              RECORD_OUTCOME[decision.outcome], key, replay_id,
+                                              kept[2] if kept else None))
             decisions.append((mid, decision))
         for hook in self.hooks:
             drain = getattr(hook, "drain", None)
@@ -249,19 +254,34 @@ class RouterCore:
         return BatchResult(outs, routed_received, decisions, parks)
 
     # -- records --------------------------------------------------------------------------------
+    def _kept_for(self, d: Decision) -> tuple[Decision, tuple[Header, ...], bytes | None]:
+        kept = self._kept.get(id(d))
+        if kept is None or kept[0] is not d:
+            enc = self._decision_enc
+            block = enc.block(RECORD_OUTCOME[d.outcome], self._destinations(d), d.rule, d.rules_version, d.etapp,
+                              d.etapp_state, d.reason) if enc.fast else None
+            if len(self._kept) > _KEPT_MAX:
+                self._kept.clear()
+            kept = self._kept[id(d)] = (d, self._decision_headers(d), block)
+        return kept
+
+    @staticmethod
+    def _decision_headers(d: Decision) -> tuple[Header, ...]:
+        return (("samex-rule", (d.rule or "").encode()), ("samex-rules-version", d.rules_version.encode()),
+                ("samex-etapp", (d.etapp or "").encode()))
+
+    def _destinations(self, d: Decision | None) -> list[str]:
+        """The decision record's destinations: the systems, the park topic, or none."""
+        if d is None or d.outcome == "dead_letter":
+            return []
+        if d.outcome == "park":
+            return [self.settings.park_topic(d.etapp or "")]
+        return list(d.destinations)
+
     def _headers(self, env: dict[str, Any], d: Decision, replay_id: str | None,
-                 extra: Sequence[Header], keep: bool = False) -> list[Header]:
-        cached = self._dheaders.get(id(d)) if keep else None
-        if cached is not None and cached[0] is d:
-            per_decision = cached[1]
-        else:
-            per_decision = (("samex-rule", (d.rule or "").encode()),
-                            ("samex-rules-version", d.rules_version.encode()),
-                            ("samex-etapp", (d.etapp or "").encode()))
-            if keep:
-                if len(self._dheaders) > 50_000:
-                    self._dheaders.clear()
-                self._dheaders[id(d)] = (d, per_decision)
+                 extra: Sequence[Header], kept: tuple[Decision, tuple[Header, ...], bytes | None] | None = None,
+                 ) -> list[Header]:
+        per_decision = kept[1] if kept is not None else self._decision_headers(d)
         h: list[Header] = [("samex-message-id", env["message_id"].encode()), *per_decision,
                            ("samex-trace-id", (env.get("trace_id") or env["message_id"]).encode())]
         if replay_id:
@@ -290,37 +310,11 @@ class RouterCore:
 
     def _decision_record(self, rec: InRecord, mid: str, env: dict[str, Any] | None, d: Decision | None,
                          version: str, now_ms: int, latency_ms: float, reason: str, outcome: str,
-                         key: bytes | None, replay_id: str | None, keep: bool = False) -> OutRecord:
-        if d is None:
-            dests: list[str] = []
-        elif d.outcome == "routed":
-            dests = list(d.destinations)
-        elif d.outcome == "park":
-            dests = [self.settings.park_topic(d.etapp or "")]
-        else:
-            dests = []
-        enc = self._decision_enc
-        if env is not None and d is not None and enc.fast and reason is d.reason and version is d.rules_version:
-            # what the decision says is the same bytes for every message it decides: kept per Decision
-            # keyed by identity (a Decision's own hash walks all its fields); the entry holds the
-            # Decision, so its id cannot be reused while the entry exists
-            cached = self._blocks.get(id(d)) if keep else None
-            if cached is not None and cached[0] is d:
-                block = cached[1]
-            else:
-                block = enc.block(outcome, dests, d.rule, version, d.etapp, d.etapp_state, reason)
-                if keep:
-                    if len(self._blocks) > 50_000:
-                        self._blocks.clear()
-                    self._blocks[id(d)] = (d, block)
-            corr = env["correlation"]
-            value = enc.encode_with_block(
-                mid, env.get("source_message_id"), env["kind"], block, now_ms, now_ms, float(latency_ms),
-                rec.topic, rec.partition, rec.offset, key.decode() if key else None,
-                env["sender"]["unit_hsa_id"], env["receiver"]["unit_hsa_id"], corr.get("placer_order_number"),
-                corr.get("filler_order_number"), corr.get("referral_id"), env.get("trace_id"), replay_id,
-                self.worker_id, env.get("source"))
-        elif env is not None:
+                         key: bytes | None, replay_id: str | None, block: bytes | None = None) -> OutRecord:
+        """``block``: the kept encoding of ``d``'s outcome-to-reason fields (``_kept_for``), only
+        when ``reason`` and ``version`` are ``d``'s own."""
+        dests = self._destinations(d)
+        if env is not None:
             corr = env["correlation"]
             value = self._decision_enc.encode(
                 mid, env.get("source_message_id"), env["kind"], outcome, dests, d.rule if d else None, version,
@@ -328,7 +322,7 @@ class RouterCore:
                 rec.topic, rec.partition, rec.offset, key.decode() if key else None,
                 env["sender"]["unit_hsa_id"], env["receiver"]["unit_hsa_id"], corr.get("placer_order_number"),
                 corr.get("filler_order_number"), corr.get("referral_id"), env.get("trace_id"), replay_id,
-                self.worker_id, env.get("source"))
+                self.worker_id, env.get("source"), block=block)
         else:
             value = self._decision_enc.encode(
                 mid, None, None, outcome, dests, d.rule if d else None, version, d.etapp if d else None,

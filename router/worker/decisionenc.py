@@ -73,14 +73,17 @@ class DecisionEncoder:
         self.fast = layout_of(schema) == LAYOUT and \
             tuple(next(f for f in schema["fields"] if f["name"] == "outcome")["type"]["symbols"]) == OUTCOMES
         self._outcome = {o: _SMALL[i] for i, o in enumerate(OUTCOMES)}
-        self._times: dict[int, bytes] = {}
+        self._times: tuple[int | None, bytes] = (None, b"")
 
     def encode(self, message_id: str, source_message_id: str | None, kind: str | None, outcome: str,
                destinations: list[str], rule: str | None, rules_version: str, etapp: str | None,
                etapp_state: str | None, reason: str, as_of_ms: int, decided_at_ms: int, latency_ms: float,
                topic: str, partition: int, offset: int, patient_key: str | None, sender_unit: str | None,
                receiver_unit: str | None, placer: str | None, filler: str | None, referral_id: str | None,
-               trace_id: str | None, replay_id: str | None, worker: str | None, source: str | None = None) -> bytes:
+               trace_id: str | None, replay_id: str | None, worker: str | None, source: str | None = None,
+               block: bytes | None = None) -> bytes:
+        """One decision record. ``block``: these same outcome-to-reason fields already encoded by
+        ``block()`` (the hot path keeps them per decision)."""
         if not self.fast:
             return self.codec.encode("decision", {
                 "message_id": message_id, "source_message_id": source_message_id, "kind": kind, "outcome": outcome,
@@ -90,7 +93,8 @@ class DecisionEncoder:
                 "patient_key": patient_key, "sender_unit": sender_unit, "receiver_unit": receiver_unit,
                 "placer_order_number": placer, "filler_order_number": filler, "referral_id": referral_id,
                 "trace_id": trace_id, "replay_id": replay_id, "worker": worker, "source": source})
-        block = self.block(outcome, destinations, rule, rules_version, etapp, etapp_state, reason)
+        if block is None:
+            block = self.block(outcome, destinations, rule, rules_version, etapp, etapp_state, reason)
         return self.encode_with_block(message_id, source_message_id, kind, block, as_of_ms, decided_at_ms,
                                       latency_ms, topic, partition, offset, patient_key, sender_unit, receiver_unit,
                                       placer, filler, referral_id, trace_id, replay_id, worker, source)
@@ -109,11 +113,9 @@ class DecisionEncoder:
                           placer: str | None, filler: str | None, referral_id: str | None, trace_id: str | None,
                           replay_id: str | None, worker: str | None, source: str | None) -> bytes:
         if as_of_ms == decided_at_ms:
-            times = self._times.get(as_of_ms)
-            if times is None:
-                t = _long(as_of_ms)
-                self._times = {as_of_ms: t + t}  # one instant per batch: keep the last only
-                times = t + t
+            if self._times[0] != as_of_ms:  # one instant per batch: keep the last only
+                self._times = (as_of_ms, _long(as_of_ms) * 2)
+            times = self._times[1]
         else:
             times = _long(as_of_ms) + _long(decided_at_ms)
         return b"".join((
