@@ -179,3 +179,45 @@ def test_engine_agrees_with_reference_on_a_generated_rule_set_with_sender_condit
         st_ = {"etapp-3-norra-ostra": rng.choice(["scheduled", "paused", "live"])}
         got = engine.decide(e, t, st_)
         assert (got.outcome, got.destinations) == reference_decide(rules, e, t, st_)[:2]
+
+
+def test_engine_agrees_with_reference_when_only_the_sender_decides(tmp_path):
+    """Routes whose only condition is the sender, stacked on one receiver, in the base file (so also
+    for regional units, which have no etapp) and in an etapp's file; some kinds have no fallback.
+    The engine precomputes these choices per sender set; it must still pick what the rule files say."""
+    import shutil
+
+    rng = random.Random(11)
+    d = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", d)
+    types = ["sjukhus", "primarvard", "kommun", "privat", "mvc", "lab", "extern_diagnostik"]
+    recv_types = ["sjukhus", "primarvard", "kommun", "lab", "lokalt_lab", "extern_diagnostik"]
+
+    def gen(prefix: str, n: int, base_priority: int) -> list[str]:
+        out = []
+        for i in range(n):
+            out += [f"  - id: {prefix}-{i}", f"    kind: [{rng.choice(KINDS)}]", f"    priority: {base_priority + i}",
+                    f"    receiver: {{unit_type: [{rng.choice(recv_types)}]}}",
+                    f"    sender: {{unit_type: [{rng.choice(types)}]}}",
+                    "    live: [millennium, samsa]", "    not_live: [journal]"]
+        return out
+
+    (d / "routes" / "etapp-3-norra-ostra.yaml").write_text(
+        "\n".join(["etapp: etapp-3-norra-ostra", "routes:", *gen("e3", 30, 300)]) + "\n")
+    base = d / "routes" / "base.yaml"
+    base.write_text(base.read_text() + "\n" + "\n".join(gen("b", 30, 500)) + "\n")
+    rules = load_rules(d)
+    engine = Engine(rules)
+    slots = [s for by_kind in engine._slots.values() for s in by_kind.values()]
+    assert any(s.pick_live for s in slots) and any(s.pick_not_live for s in slots)
+    assert any(s.pick_not_live for s in slots if s.etapp is None)
+    ids = sorted(rules.units)
+    for _ in range(6000):
+        e = env(rng.choice(KINDS), rng.choice(ids), rng.choice(ids))
+        t = rng.choice(INSTANTS)
+        st_ = {"etapp-3-norra-ostra": rng.choice(["scheduled", "scheduled", "paused", "live"])}
+        got = engine.decide(e, t, st_)
+        ref = reference_decide(rules, e, t, st_)
+        assert (got.outcome, got.destinations) == ref[:2]
+        if got.outcome == "routed":
+            assert got.rule == ref[2]

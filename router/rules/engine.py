@@ -69,7 +69,8 @@ class CompiledRoute:
 class Slot:
     """Everything ``decide`` needs for one (kind, receiver unit), found with two dict lookups."""
 
-    __slots__ = ("etapp", "fixed_live", "fixed_not_live", "golive", "live", "memo", "not_live", "unit")
+    __slots__ = ("etapp", "fixed_live", "fixed_not_live", "golive", "live", "memo", "not_live", "pick_live",
+                 "pick_not_live", "unit")
 
     def __init__(self, unit: Unit, etapp: str | None, golive: int) -> None:
         self.unit, self.etapp, self.golive = unit, etapp, golive
@@ -81,6 +82,11 @@ class Slot:
         # has no condition and sends to no system with a retirement date); None otherwise.
         self.fixed_live: Decision | None = None
         self.fixed_not_live: Decision | None = None
+        # When the choice depends on the sender's HSA-id only (each candidate before the first
+        # unconditional one has a sender selector and no other condition): (sender set or None,
+        # finished decision) pairs in candidate order, the first whose set holds the sender wins.
+        self.pick_live: tuple[tuple[frozenset[str] | None, Decision], ...] | None = None
+        self.pick_not_live: tuple[tuple[frozenset[str] | None, Decision], ...] | None = None
 
 
 def party_matches(sel: PartySelector, u: Unit | UnitRow) -> bool:
@@ -148,18 +154,29 @@ class Engine:
         state = "scheduled" if slot.etapp else None
         for live in (True, False):
             cands = slot.live if live else slot.not_live
-            if cands and not cands[0].unconditional:
-                continue
-            chosen = cands[0] if cands else None
-            if chosen is not None and any(self._resolve(t, slot.unit, live) in self.retired_ms
-                                          for t in chosen.targets):
-                continue
-            d = self._explain(chosen, slot.unit, kind, live, state, False)
-            d = interned.setdefault(d, d)
-            if live:
-                slot.fixed_live = d
+            pick: list[tuple[frozenset[str] | None, Decision]] = []
+            for route in cands:
+                if not (route.unconditional or route.simple_sender) or any(
+                        self._resolve(t, slot.unit, live) in self.retired_ms for t in route.targets):
+                    break
+                d = self._explain(route, slot.unit, kind, live, state, False)
+                pick.append((None if route.unconditional else route.sender_set, interned.setdefault(d, d)))
+                if route.unconditional:
+                    break
+            else:  # no unconditional candidate: a sender that no set holds has no route
+                d = self._explain(None, slot.unit, kind, live, state, False)
+                pick.append((None, interned.setdefault(d, d)))
+            if not pick or pick[-1][0] is not None:
+                continue  # a candidate the sender's HSA-id alone cannot decide
+            if len(pick) == 1:
+                if live:
+                    slot.fixed_live = pick[0][1]
+                else:
+                    slot.fixed_not_live = pick[0][1]
+            elif live:
+                slot.pick_live = tuple(pick)
             else:
-                slot.fixed_not_live = d
+                slot.pick_not_live = tuple(pick)
 
     # -- compilation ------------------------------------------------------------------------
     def _receivers(self, sel: PartySelector, etapp: str | None, by: dict[str, dict[str, set[str]]]) -> set[str]:
@@ -251,6 +268,12 @@ class Engine:
             if fixed is not None:
                 return fixed
             live, state = False, None
+            pick = slot.pick_not_live
+            if pick is not None:
+                sender_hsa = env["sender"]["unit_hsa_id"]
+                for senders, decision in pick:
+                    if senders is None or sender_hsa in senders:
+                        return decision
         else:
             state = states.get(etapp, "scheduled") if states else "scheduled"
             if state == "scheduled":
@@ -258,6 +281,12 @@ class Engine:
                 fixed = slot.fixed_live if live else slot.fixed_not_live
                 if fixed is not None:
                     return fixed
+                pick = slot.pick_live if live else slot.pick_not_live
+                if pick is not None:
+                    sender_hsa = env["sender"]["unit_hsa_id"]
+                    for senders, decision in pick:
+                        if senders is None or sender_hsa in senders:
+                            return decision
             elif state == "live":
                 live = True
             elif state == "hold":
