@@ -271,9 +271,9 @@ class Engine:
             pick = slot.pick_not_live
             if pick is not None:
                 sender_hsa = env["sender"]["unit_hsa_id"]
-                for senders, decision in pick:
+                for senders, picked in pick:
                     if senders is None or sender_hsa in senders:
-                        return decision
+                        return picked
         else:
             state = states.get(etapp, "scheduled") if states else "scheduled"
             if state == "scheduled":
@@ -284,9 +284,9 @@ class Engine:
                 pick = slot.pick_live if live else slot.pick_not_live
                 if pick is not None:
                     sender_hsa = env["sender"]["unit_hsa_id"]
-                    for senders, decision in pick:
+                    for senders, picked in pick:
                         if senders is None or sender_hsa in senders:
-                            return decision
+                            return picked
             elif state == "live":
                 live = True
             elif state == "hold":
