@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     max_record_bytes: int = Field(1_000_000, ge=1024, description="larger inbound records are dead-lettered")
     batch_max: int = Field(2000, ge=1, description="records per poll on the hot path")
-    linger_ms: int = Field(2, ge=0)
+    linger_ms: int = Field(
+        0, ge=0, description="how long the producer holds a batch for more records; the hot path builds whole "
+        "batches itself, so waiting only adds latency (measured: steady p50/p99 at 1,000 msg/s fell with 0)")
     fetch_max_wait_ms: int = Field(
         5, ge=0, le=500, description="longest the broker holds the hot path's fetch: aiokafka has one fetch in flight "
         "per broker, so a partition with new data can wait this long behind a fetch for the others")

@@ -4,8 +4,9 @@ Measured (bench/throughput.py, README): routing through a faust agent with ``tak
 about 0.13x a raw aiokafka passthrough; faust's per-event machinery dominated. This loop keeps
 faust's app, web server, control task and tables, and moves only the inbound stream to
 ``getmany`` batches: decode + decide + produce whole batches, wait for every acknowledgement,
-then commit the batch's offsets. One task per worker (the concurrency-1 rule of faust #606
-applies here too); scale by partitions and workers.
+then hand the batch's offsets to a committer task (only acknowledged offsets are ever
+committed). One loop per worker (the concurrency-1 rule of faust #606 applies here too); scale by
+partitions and workers.
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
     gc.collect()
     gc.freeze()
     # One batch may be in flight while the next is decided: its outputs are handed to the
-    # producer, and its offsets are committed only once every output is acknowledged. Batches
-    # complete and commit strictly in order.
+    # producer, and its offsets are offered for commit only once every output is acknowledged.
+    # Batches complete and commit strictly in order.
     pending: tuple[list[Any], dict[Any, int], Any, list[Any]] | None = None
+    committer = Committer(c)
+    committer.start()
     try:
         while not stop.is_set():
             batch = await c.getmany(timeout_ms=100 if pending is None else 0, max_records=settings.batch_max)
@@ -72,7 +75,7 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
                 result = runtime.core.process(records)
                 futures = await sender.enqueue(result.outputs)
             if pending is not None:
-                await _complete(c, runtime, sender, *pending)
+                await _complete(c, runtime, sender, *pending, committer=committer)
                 pending = None
             if batch:
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
@@ -80,8 +83,10 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
             if runtime.core.backlog:
                 await releaser.step(sender, settings.release_batch_max)
         if pending is not None:
-            await _complete(c, runtime, sender, *pending)
+            await _complete(c, runtime, sender, *pending, committer=committer)
+        await committer.flush()
     finally:
+        committer.stop()
         with contextlib.suppress(Exception):
             await releaser.stop()
         with contextlib.suppress(Exception):
@@ -97,9 +102,59 @@ async def _commit(c: Any, offsets: dict[Any, int]) -> None:
         log.warning("commit failed; records after the last commit will be re-processed", extra={"error": repr(exc)})
 
 
+class Committer:
+    """Commits acknowledged offsets off the loop's critical path.
+
+    The loop offers the offsets of each acknowledged batch and goes on; one commit runs at a time,
+    with the newest offsets offered meanwhile. Only acknowledged offsets are ever offered, so a
+    crash re-processes at most what was acknowledged since the last commit (at-least-once, as
+    before). Measured (bench/latency-ab.out): at 1,000 msg/s the commit round trip was a quarter of
+    the loop's time, and taking it off the loop lowered the steady p50/p99."""
+
+    def __init__(self, c: Any) -> None:
+        self.c = c
+        self.want: dict[Any, int] = {}
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    def offer(self, offsets: dict[Any, int]) -> None:
+        if self.task is not None and self.task.done():
+            self.task.result()  # the committer failed: raise its error here rather than stop committing
+        self.want.update(offsets)
+        self.idle.clear()
+        self.wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            offsets, self.want = self.want, {}
+            assigned = self.c.assignment()
+            mine = {tp: off for tp, off in offsets.items() if tp in assigned}
+            if mine:
+                await _commit(self.c, mine)
+            if not self.want:
+                self.idle.set()
+
+    async def flush(self, timeout: float = 10) -> None:
+        """Wait until the offsets offered so far are committed (on a clean stop: fewer re-processed)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), timeout)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 async def _complete(c: Any, runtime: Any, sender: BatchSender, futures: list[Any], offsets: dict[Any, int],
-                    result: Any, last: list[Any]) -> None:
-    """Wait for a batch's acknowledgements (re-sending it whole on failure), then commit it."""
+                    result: Any, last: list[Any], committer: Committer) -> None:
+    """Wait for a batch's acknowledgements (re-sending it whole on failure), then offer its offsets
+    to the committer."""
     try:
         await asyncio.gather(*futures)
     except KafkaError as exc:
@@ -124,9 +179,7 @@ async def _complete(c: Any, runtime: Any, sender: BatchSender, futures: list[Any
         log.warning("partitions moved during a batch; their records will be re-processed by the new owner",
                     extra={"partitions": len(offsets) - len(mine)})
     if mine:
-        # Committed before the next batch completes. Measured: committing in a background task
-        # behind the loop gained no throughput and widened the re-processing window after a kill.
-        await _commit(c, mine)
+        committer.offer(mine)
     for tp, offset in last:
         if tp not in assigned:
             continue
