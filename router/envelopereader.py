@@ -22,6 +22,11 @@ _PLAN = (0, 1, 2, 1, 1,  # message_id, source_message_id, kind, subtype, status
          1, 1, 1, 1,  # correlation: placer, filler, referral_id, in_reply_to
          3, 2, 1, 1,  # event_time_ms, received_time_ms, source, trace_id
          5, 6, 4, 4)  # payload: format, content_type, data, sha256 (skipped)
+# Byte spans (from the start of plan field i to the start of plan field j) that the decision record
+# repeats, copied as they are instead of decoded and encoded again. Each is the field's own Avro
+# encoding: message_id; source_message_id; sender and receiver unit_hsa_id (a plain string here,
+# an optional one in the decision record); placer, filler and referral id together; source; trace_id.
+_RAW_SPANS = ((0, 1), (1, 2), (8, 9), (11, 12), (14, 17), (20, 21), (21, 22))
 
 
 def _varint(d: bytes, pos: int) -> tuple[int, int]:
@@ -39,13 +44,17 @@ def _varint(d: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _source_of(plan: tuple[int, ...]) -> str:
+def _source_of(plan: tuple[int, ...], spans: tuple[tuple[int, int], ...] = ()) -> str:
     """Python source of a reader for ``plan``, unrolled field by field: no per-field dispatch (this
-    reader runs for every message; unrolled it is measurably faster than a loop over the plan)."""
+    reader runs for every message; unrolled it is measurably faster than a loop over the plan).
+    It returns (decoded fields, the raw bytes of each of ``spans``, end position)."""
     lines = ["def _read_fields(d, pos):"]
     out = []
+    marks = {i for span in spans for i in span}
     for i, code in enumerate(plan):
         v = f"f{i}"
+        if i in marks:
+            lines.append(f"    s{i} = pos")
         if code in (0, 1):
             ind = "    "
             if code == 1:
@@ -74,17 +83,24 @@ def _source_of(plan: tuple[int, ...]) -> str:
                       f"{ind}    raise ValueError('negative length')", f"{ind}pos += n"]
         else:  # 5: a skipped enum
             lines += ["    if d[pos] < 0x80:", "        pos += 1", "    else:", "        _v, pos = _varint(d, pos)"]
-    lines.append(f"    return ({', '.join(out)},), pos")
+    if len(plan) in marks:
+        lines.append(f"    s{len(plan)} = pos")
+    raw = "".join(f"d[s{i}:s{j}], " for i, j in spans)
+    lines.append(f"    return ({', '.join(out)},), ({raw}), pos")
     return "\n".join(lines) + "\n"
 
 
-def _compile_reader(plan: tuple[int, ...]) -> Callable[[bytes, int], tuple[tuple[Any, ...], int]]:
+Reader = Callable[[bytes, int], tuple[tuple[Any, ...], tuple[bytes, ...], int]]
+
+
+def _compile_reader(plan: tuple[int, ...], spans: tuple[tuple[int, int], ...] = ()) -> Reader:
     namespace: dict[str, Any] = {"_varint": _varint}
-    exec(compile(_source_of(plan), "<envelope reader>", "exec"), namespace)  # our own source text, from _PLAN
+    # our own source text, from _PLAN and _RAW_SPANS
+    exec(compile(_source_of(plan, spans), "<envelope reader>", "exec"), namespace)
     return namespace["_read_fields"]  # type: ignore[no-any-return]
 
 
-_read_fields = _compile_reader(_PLAN)
+_read_fields = _compile_reader(_PLAN, _RAW_SPANS)
 
 
 class RoutingReader:
@@ -101,10 +117,16 @@ class RoutingReader:
         self.header_len = HEADER_LEN
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        name, env, _raw = self.decode_raw(data)
+        return name, env
+
+    def decode_raw(self, data: bytes) -> tuple[str, dict[str, Any], tuple[bytes, ...] | None]:
+        """Like ``decode``, plus the Avro encodings of the fields the decision record repeats (see
+        ``_RAW_SPANS``; ``DecisionEncoder.encode_raw``), or None when the codec decoded the value."""
         if data[:self.header_len] != self.prefix:
-            return self.codec.decode(data)
+            return (*self.codec.decode(data), None)
         try:
-            f, end = _read_fields(data, self.header_len)
+            f, raw, end = _read_fields(data, self.header_len)
             if end != len(data):
                 raise ValueError("trailing bytes")
             env = {"message_id": f[0], "source_message_id": f[1], "kind": _KIND_SYMBOLS[f[2]], "subtype": f[3],
@@ -115,5 +137,5 @@ class RoutingReader:
                                    "referral_id": f[13], "in_reply_to": f[14]},
                    "event_time_ms": f[15], "received_time_ms": f[16], "source": f[17], "trace_id": f[18]}
         except (IndexError, UnicodeDecodeError, ValueError):
-            return self.codec.decode(data)  # let the codec say what is wrong
-        return "envelope", env
+            return (*self.codec.decode(data), None)  # let the codec say what is wrong
+        return "envelope", env, raw

@@ -120,7 +120,8 @@ class RouterCore:
     def process(self, records: Sequence[InRecord], now_ms: int | None = None, replay_id: str | None = None,
                 extra_headers: Sequence[Header] = (), released: bool = False) -> BatchResult:
         """Decide a batch. ``released=True``: the records come from a park topic and are re-decided
-        now (counted as released, not as new input)."""
+        now (counted as released, not as new input). A record is read for its topic, partition,
+        offset, key and value only, so the hot path passes aiokafka's records as they are."""
         self.releasing = released
         try:
             return self._process(records, now_ms, replay_id, extra_headers, released)
@@ -164,7 +165,10 @@ class RouterCore:
                 continue
             try:
                 # the routing fields only; the full codec (patient included) when the record has no key
-                name, env = self._reader.decode(value) if rec.key else self.codec.decode(value)
+                if rec.key:
+                    name, env, raw = self._reader.decode_raw(value)
+                else:
+                    (name, env), raw = self.codec.decode(value), None
                 if name != "envelope":
                     raise UnknownSchemaError(f"expected an envelope record, got a {name} record")
             except CodecError as exc:
@@ -228,7 +232,7 @@ class RouterCore:
             outs.append(self._decision_record(rec, mid, env, decision, decision.rules_version, now_ms,
                                               now_ms - env["received_time_ms"], decision.reason,
                                               RECORD_OUTCOME[decision.outcome], key, replay_id,
-                                              kept[2] if kept else None))
+                                              kept[2] if kept else None, raw))
             decisions.append((mid, decision))
         for hook in self.hooks:
             drain = getattr(hook, "drain", None)
@@ -310,11 +314,21 @@ class RouterCore:
 
     def _decision_record(self, rec: InRecord, mid: str, env: dict[str, Any] | None, d: Decision | None,
                          version: str, now_ms: int, latency_ms: float, reason: str, outcome: str,
-                         key: bytes | None, replay_id: str | None, block: bytes | None = None) -> OutRecord:
+                         key: bytes | None, replay_id: str | None, block: bytes | None = None,
+                         raw: tuple[bytes, ...] | None = None) -> OutRecord:
         """``block``: the kept encoding of ``d``'s outcome-to-reason fields (``_kept_for``), only
-        when ``reason`` and ``version`` are ``d``'s own."""
+        when ``reason`` and ``version`` are ``d``'s own. ``raw``: the envelope's own encodings of
+        the fields the record repeats (``RoutingReader.decode_raw``)."""
         dests = self._destinations(d)
-        if env is not None:
+        enc = self._decision_enc
+        if env is not None and raw is not None and enc.fast:
+            if block is None:
+                block = enc.block(outcome, dests, d.rule if d else None, version, d.etapp if d else None,
+                                  d.etapp_state if d else None, reason)
+            value = enc.encode_raw(raw, env["kind"], block, now_ms, now_ms, float(latency_ms), rec.topic,
+                                   rec.partition, rec.offset, key.decode() if key else None, replay_id,
+                                   self.worker_id)
+        elif env is not None:
             corr = env["correlation"]
             value = self._decision_enc.encode(
                 mid, env.get("source_message_id"), env["kind"], outcome, dests, d.rule if d else None, version,

@@ -74,6 +74,23 @@ class DecisionEncoder:
             tuple(next(f for f in schema["fields"] if f["name"] == "outcome")["type"]["symbols"]) == OUTCOMES
         self._outcome = {o: _SMALL[i] for i, o in enumerate(OUTCOMES)}
         self._times: tuple[int | None, bytes] = (None, b"")
+        self._strs: dict[str, bytes] = {}  # encodings of the few strings that repeat (kinds, topics, worker)
+
+    def _cached(self, s: str, optional: bool) -> bytes:
+        key = ("?" if optional else "!") + s
+        enc = self._strs.get(key)
+        if enc is None:
+            if len(self._strs) > 1000:
+                self._strs.clear()
+            enc = self._strs[key] = _opt(s) if optional else _str(s)
+        return enc
+
+    def _times_of(self, as_of_ms: int, decided_at_ms: int) -> bytes:
+        if as_of_ms == decided_at_ms:
+            if self._times[0] != as_of_ms:  # one instant per batch: keep the last only
+                self._times = (as_of_ms, _long(as_of_ms) * 2)
+            return self._times[1]
+        return _long(as_of_ms) + _long(decided_at_ms)
 
     def encode(self, message_id: str, source_message_id: str | None, kind: str | None, outcome: str,
                destinations: list[str], rule: str | None, rules_version: str, etapp: str | None,
@@ -112,15 +129,25 @@ class DecisionEncoder:
                           offset: int, patient_key: str | None, sender_unit: str | None, receiver_unit: str | None,
                           placer: str | None, filler: str | None, referral_id: str | None, trace_id: str | None,
                           replay_id: str | None, worker: str | None, source: str | None) -> bytes:
-        if as_of_ms == decided_at_ms:
-            if self._times[0] != as_of_ms:  # one instant per batch: keep the last only
-                self._times = (as_of_ms, _long(as_of_ms) * 2)
-            times = self._times[1]
-        else:
-            times = _long(as_of_ms) + _long(decided_at_ms)
         return b"".join((
-            self.header, _str(message_id), _opt(source_message_id), _opt(kind), block, times,
+            self.header, _str(message_id), _opt(source_message_id), _opt(kind), block,
+            self._times_of(as_of_ms, decided_at_ms),
             _double(latency_ms), _str(topic), _int(partition), _long(offset),
             _opt(patient_key), _opt(sender_unit), _opt(receiver_unit), _opt(placer), _opt(filler), _opt(referral_id),
             _opt(trace_id), _opt(replay_id), _opt(worker), _opt(source),
+        ))
+
+    def encode_raw(self, raw: tuple[bytes, ...], kind: str, block: bytes, as_of_ms: int, decided_at_ms: int,
+                   latency_ms: float, topic: str, partition: int, offset: int, patient_key: str | None,
+                   replay_id: str | None, worker: str | None) -> bytes:
+        """One decision record from the envelope's own encodings of the fields it repeats, as
+        ``RoutingReader.decode_raw`` gives them: message_id, source_message_id, sender and receiver
+        unit, placer/filler/referral id, source, trace_id. Same bytes as ``encode`` with those values
+        (a test compares them), without decoding and encoding the strings again. Only when ``fast``."""
+        mid, source_mid, sender, receiver, corr, source, trace = raw
+        return b"".join((
+            self.header, mid, source_mid, self._cached(kind, True), block, self._times_of(as_of_ms, decided_at_ms),
+            _double(latency_ms), self._cached(topic, False), _int(partition), _long(offset),
+            _opt(patient_key), b"\x02", sender, b"\x02", receiver, corr, trace, _opt(replay_id),
+            b"\x00" if worker is None else self._cached(worker, True), source,
         ))

@@ -22,7 +22,6 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from router.kafkaio import consumer
 from router.worker.batchsend import BatchSender
-from router.worker.core import InRecord
 
 log = logging.getLogger("samex.worker")
 
@@ -69,9 +68,9 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
             batch = await c.getmany(timeout_ms=100 if pending is None else 0, max_records=settings.batch_max)
             await releaser.sync()  # before deciding: the backlog of newly assigned partitions must be known
             if batch:
-                records = [InRecord(m.topic, m.partition, m.offset, m.key, m.value,
-                                    [(k, bytes(v)) for k, v in (m.headers or ())], m.timestamp)
-                           for msgs in batch.values() for m in msgs]
+                # aiokafka's records as they are: they have every field RouterCore reads (topic,
+                # partition, offset, key, value); an InRecord copy of each was 2 % of the worker's time
+                records = [m for msgs in batch.values() for m in msgs]
                 result = runtime.core.process(records)
                 futures = await sender.enqueue(result.outputs)
             if pending is not None:

@@ -12,7 +12,6 @@ tests pass a plain dict. Keys: ``order:<placer order number>``, ``referral:<refe
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -102,9 +101,12 @@ class OrderBook:
             self.unknown += 1
             if decision.outcome != "routed":
                 return None
-            return dataclasses.replace(decision, reason=f"{decision.reason}; no known order for this {what} "
-                                                        f"({key.split(':', 1)[0]} {key.split(':', 1)[1]}): "
-                                                        "routed by the rules")
+            # built directly: dataclasses.replace was 2 % of the worker's time (py-spy, full load)
+            return Decision(decision.outcome, decision.destinations, decision.rule, decision.rules_version,
+                            decision.etapp, decision.etapp_state,
+                            f"{decision.reason}; no known order for this {what} "
+                            f"({key.split(':', 1)[0]} {key.split(':', 1)[1]}): routed by the rules",
+                            decision.reason_code)
         systems = tuple(entry["systems"])
         if not entry.get("answered_ms"):
             entry["answered_ms"] = now_ms
