@@ -3,16 +3,18 @@
 In the same run, for the same messages:
   * raw:    an aiokafka consume -> produce passthrough (getmany, send, await acks, commit): the
             limit of this client stack on this machine;
-  * router: one `samex worker` process (faust agent, decode, decide, produce to destination and
-            decision topics with acks=all, commit).
+  * router: one `samex worker` process (the batched hot path in the faust app: decode, decide,
+            produce to destination and decision topics with acks=all, commit).
 Throughput = records / (last output timestamp - first output timestamp), so start-up and
-rebalancing are not counted for either. Then p50/p99 end-to-end latency (envelope received
-time -> record read by a consumer of the destination topics) at a steady 1,000 msg/s, through
-the worker and, right after, through the raw passthrough run as its own process (the floor of
-this client stack and machine at that moment). Each latency run sends WARM_SECONDS (10) of
-traffic first and measures the LAT_SECONDS (20) after it: steady state. The figure from the
-first message is printed too; it includes the first writes to each of the ~120 new partitions
-(the broker creates their segment files then) and the worker's own warm-up.
+rebalancing are not counted for either. Both outputs are read after the run that wrote them
+(the router's by watching its end offsets meanwhile), so no reader competes with either run.
+Then p50/p99 end-to-end latency (envelope received time -> record read by a consumer of the
+destination topics) at a steady 1,000 msg/s, through the worker and, right after, through the
+raw passthrough run as its own process (the floor of this client stack and machine at that
+moment). Each latency run sends WARM_SECONDS (10) of traffic first and measures the
+LAT_SECONDS (20) after it: steady state. The figure from the first message is printed too; it
+includes the first writes to each of the ~120 new partitions (the broker creates their segment
+files then) and the worker's own warm-up.
 Last line: {"router_msgs_per_s", "raw_msgs_per_s", "ratio", "p50_ms", "p99_ms", "raw_p50_ms",
 "raw_p99_ms"}, medians of 3 runs.
 """
@@ -74,6 +76,25 @@ async def out_span(bootstrap: str, topics: list[str], expect: int, timeout: floa
         await c.stop()
 
 
+async def wait_written(bootstrap: str, topic: str, expect: int, timeout: float = 300) -> None:
+    """Wait until ``topic`` holds ``expect`` records, from its end offsets only (no records read):
+    the router's output is read after it finished, as the raw passthrough's is, so that no reader
+    competes with it for the CPU while it runs."""
+    c = consumer(bootstrap, group_id=None)
+    await c.start()
+    try:
+        parts = None
+        while parts is None:
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in parts]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and sum((await c.end_offsets(tps)).values()) < expect:
+            await asyncio.sleep(0.5)
+    finally:
+        await c.stop()
+
+
 async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
     c = consumer(bootstrap, src, group_id=f"raw-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
     p = producer(bootstrap)
@@ -113,6 +134,7 @@ async def router_run(bootstrap: str, values_src: list[dict], run: int,
     raw = await raw_passthrough(bootstrap, s.inbound_topic, f"{prefix}raw-out", len(values_src))
     w = WorkerProcess(s, worker_id=f"bench{run}", SAMEX_HOT_PATH=hot_path).start()
     try:
+        await wait_written(bootstrap, s.decisions_topic, len(values_src))
         count, span = await out_span(bootstrap, [s.decisions_topic], len(values_src))
         router = count / span
     finally:
