@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     etapp_lead_ms: int = Field(1000, ge=0, description="an etapp change without --at takes effect this long after "
                                "it is published, so that every worker has it before it applies")
     etapp_max_backdate_s: int = Field(300, ge=0, description="how far in the past --at may lie")
+    gc_young_threshold: int = Field(
+        50_000, ge=0, description="net allocations between collections of Python's youngest GC generation on the "
+        "hot path (Python's default is 700; 0 keeps it)")
     release_batch_max: int = Field(500, ge=1, description="parked records re-decided per step of a release")
     hot_path: Literal["batched", "faust-agent"] = Field(
         "batched", description="batched aiokafka loop inside the faust app, or faust's per-event agent")

@@ -57,6 +57,13 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
     # slowest batch went from ~55 ms to ~25 ms.
     gc.collect()
     gc.freeze()
+    # And collect the young generation after 50,000 net allocations instead of Python's 700: a
+    # batch allocates and frees tens of thousands of short-lived objects (decoded fields, dicts,
+    # records), so the default ran ~1,400 young and ~12 full collections in 15 s at full load.
+    # Measured (worker CPU per message, alternating runs): 76.5/83.0 -> 65.0/71.6 us.
+    if settings.gc_young_threshold:
+        _g0, g1, g2 = gc.get_threshold()
+        gc.set_threshold(settings.gc_young_threshold, g1, g2)
     # One batch may be in flight while the next is decided: its outputs are handed to the
     # producer, and its offsets are offered for commit only once every output is acknowledged.
     # Batches complete and commit strictly in order.
