@@ -61,6 +61,7 @@ lint: venv
 bench: kafka-jars
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/worker_cpu.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/mllp.py
 	$(BIN)/python bench/fhir_validate.py

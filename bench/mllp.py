@@ -35,10 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from aiokafka import TopicPartition  # noqa: E402
 
 from connectors import hl7gen  # noqa: E402
-from router.kafkaio import consumer  # noqa: E402
+from router.kafkaio import records_in  # noqa: E402
 from router.localkafka import kafka_broker  # noqa: E402
 from router.synth import load_units  # noqa: E402
 from router.topics import ensure_topics  # noqa: E402
@@ -130,17 +129,6 @@ async def wait_ready(server: Server, warm: list[hl7gen.GenMessage], timeout_s: f
     else:
         raise SystemExit(f"mllp-in not ready in {timeout_s:g} s: {server.log.read_text()[-2000:]}")
     await send(server.port, warm[1:], 10)
-
-
-async def records_in(bootstrap: str, topic: str) -> int:
-    c = consumer(bootstrap, group_id=None)
-    await c.start()
-    try:
-        await c._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
-        return sum((await c.end_offsets(tps)).values())
-    finally:
-        await c.stop()
 
 
 def traffic(n: int, seed: int, prefix: str) -> list[hl7gen.GenMessage]:

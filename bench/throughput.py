@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from aiokafka import TopicPartition  # noqa: E402
 
 from router.codec import default_codec  # noqa: E402
-from router.kafkaio import consumer, producer  # noqa: E402
+from router.kafkaio import consumer, producer, records_in  # noqa: E402
 from router.localkafka import kafka_broker  # noqa: E402
 from router.topics import ensure_topics  # noqa: E402
 from tests.kafka_helpers import WorkerProcess, produce_records, synth_records, topic_settings  # noqa: E402
@@ -80,19 +80,9 @@ async def wait_written(bootstrap: str, topic: str, expect: int, timeout: float =
     """Wait until ``topic`` holds ``expect`` records, from its end offsets only (no records read):
     the router's output is read after it finished, as the raw passthrough's is, so that no reader
     competes with it for the CPU while it runs."""
-    c = consumer(bootstrap, group_id=None)
-    await c.start()
-    try:
-        parts = None
-        while parts is None:
-            await c._client.force_metadata_update()
-            parts = c.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in parts]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and sum((await c.end_offsets(tps)).values()) < expect:
-            await asyncio.sleep(0.5)
-    finally:
-        await c.stop()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and await records_in(bootstrap, topic) < expect:
+        await asyncio.sleep(0.5)
 
 
 async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:

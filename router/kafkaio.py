@@ -98,3 +98,17 @@ async def read_to_end(bootstrap: str, topic: str, max_records: int = 5000) -> li
     finally:
         await c.stop()
     return out
+
+
+async def records_in(bootstrap: str, topic: str) -> int:
+    """The sum of ``topic``'s end offsets: how many records it has taken (0 when it does not exist),
+    found without reading any. Benchmarks use it to follow progress without competing for the CPU."""
+    from aiokafka import TopicPartition
+
+    c = consumer(bootstrap, group_id=None)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(c, topic))]
+        return sum((await c.end_offsets(tps)).values()) if tps else 0
+    finally:
+        await c.stop()

@@ -114,8 +114,9 @@ class Committer:
     The loop offers the offsets of each acknowledged batch and goes on; one commit runs at a time,
     with the newest offsets offered meanwhile. Only acknowledged offsets are ever offered, so a
     crash re-processes at most what was acknowledged since the last commit (at-least-once, as
-    before). Measured (bench/latency-ab.out): at 1,000 msg/s the commit round trip was a quarter of
-    the loop's time, and taking it off the loop lowered the steady p50/p99."""
+    before). Measured at 1,000 msg/s (bench/worker-ab-2026-11-23.out): steady p50/p99 26.6/68.4 ms
+    with the commit awaited in the loop, 21.4/48.6 ms with this task (medians of 3 alternating runs).
+    """
 
     def __init__(self, c: Any) -> None:
         self.c = c
