@@ -1,7 +1,8 @@
 """Router throughput and latency on the real local broker (not a test).
 
 In the same run, for the same messages:
-  * raw:    an aiokafka consume -> produce passthrough (getmany, send, await acks, commit): the
+  * raw:    an aiokafka consume -> produce passthrough (getmany, send, await acks, commit; the same
+            producer settings as the worker, linger included): the
             limit of this client stack on this machine;
   * router: one `samex worker` process (the batched hot path in the faust app: decode, decide,
             produce to destination and decision topics with acks=all, commit).
@@ -31,6 +32,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -40,6 +42,7 @@ from aiokafka import TopicPartition  # noqa: E402
 from router.codec import default_codec  # noqa: E402
 from router.kafkaio import consumer, producer, records_in  # noqa: E402
 from router.localkafka import kafka_broker  # noqa: E402
+from router.settings import load_settings  # noqa: E402
 from router.topics import ensure_topics  # noqa: E402
 from tests.kafka_helpers import WorkerProcess, produce_records, synth_records, topic_settings  # noqa: E402
 
@@ -76,6 +79,12 @@ async def out_span(bootstrap: str, topics: list[str], expect: int, timeout: floa
         await c.stop()
 
 
+def raw_producer(bootstrap: str) -> Any:
+    """The passthrough's producer: samex's delivery settings and the worker's linger time, so that
+    both sides use the client alike."""
+    return producer(bootstrap, linger_ms=load_settings().linger_ms)
+
+
 async def wait_written(bootstrap: str, topic: str, expect: int, timeout: float = 300) -> None:
     """Wait until ``topic`` holds ``expect`` records, from its end offsets only (no records read):
     the router's output is read after it finished, as the raw passthrough's is, so that no reader
@@ -87,7 +96,7 @@ async def wait_written(bootstrap: str, topic: str, expect: int, timeout: float =
 
 async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
     c = consumer(bootstrap, src, group_id=f"raw-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
-    p = producer(bootstrap)
+    p = raw_producer(bootstrap)
     await c.start()
     await p.start()
     done = 0
@@ -136,7 +145,7 @@ async def raw_pass_forever(bootstrap: str, src: str, dst: str) -> None:
     """The raw passthrough as its own process, for the latency floor: consume, produce with
     acks=all, wait for the acknowledgements, commit; what the router does minus the routing."""
     c = consumer(bootstrap, src, group_id=f"rawlat-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=5)
-    p = producer(bootstrap)
+    p = raw_producer(bootstrap)
     await c.start()
     await p.start()
     print("ready", flush=True)

@@ -100,7 +100,8 @@ def _compile_reader(plan: tuple[int, ...], spans: tuple[tuple[int, int], ...] = 
     return namespace["_read_fields"]  # type: ignore[no-any-return]
 
 
-_read_fields = _compile_reader(_PLAN, _RAW_SPANS)
+_read_fields = _compile_reader(_PLAN)  # for decode: no spans sliced that nobody uses
+_read_fields_raw = _compile_reader(_PLAN, _RAW_SPANS)
 
 
 class RoutingReader:
@@ -117,16 +118,19 @@ class RoutingReader:
         self.header_len = HEADER_LEN
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        name, env, _raw = self.decode_raw(data)
+        name, env, _raw = self._decode(data, _read_fields)
         return name, env
 
     def decode_raw(self, data: bytes) -> tuple[str, dict[str, Any], tuple[bytes, ...] | None]:
         """Like ``decode``, plus the Avro encodings of the fields the decision record repeats (see
         ``_RAW_SPANS``; ``DecisionEncoder.encode_raw``), or None when the codec decoded the value."""
+        return self._decode(data, _read_fields_raw)
+
+    def _decode(self, data: bytes, read: Reader) -> tuple[str, dict[str, Any], tuple[bytes, ...] | None]:
         if data[:self.header_len] != self.prefix:
             return (*self.codec.decode(data), None)
         try:
-            f, raw, end = _read_fields(data, self.header_len)
+            f, raw, end = read(data, self.header_len)
             if end != len(data):
                 raise ValueError("trailing bytes")
             env = {"message_id": f[0], "source_message_id": f[1], "kind": _KIND_SYMBOLS[f[2]], "subtype": f[3],

@@ -269,30 +269,26 @@ class Engine:
                 return fixed
             live, state = False, None
             pick = slot.pick_not_live
-            if pick is not None:
-                sender_hsa = env["sender"]["unit_hsa_id"]
-                for senders, picked in pick:
-                    if senders is None or sender_hsa in senders:
-                        return picked
         else:
             state = states.get(etapp, "scheduled") if states else "scheduled"
+            pick = None
             if state == "scheduled":
                 live = as_of_ms >= slot.golive
                 fixed = slot.fixed_live if live else slot.fixed_not_live
                 if fixed is not None:
                     return fixed
                 pick = slot.pick_live if live else slot.pick_not_live
-                if pick is not None:
-                    sender_hsa = env["sender"]["unit_hsa_id"]
-                    for senders, picked in pick:
-                        if senders is None or sender_hsa in senders:
-                            return picked
             elif state == "live":
                 live = True
             elif state == "hold":
                 return self._parked(slot.unit, state)
             else:
                 live = False
+        if pick is not None:  # its last pair has no sender set, so this always returns
+            sender_hsa = env["sender"]["unit_hsa_id"]
+            for senders, picked in pick:
+                if senders is None or sender_hsa in senders:
+                    return picked
         cands = slot.live if live else slot.not_live
         chosen: CompiledRoute | None = None
         for route in cands:

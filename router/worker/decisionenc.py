@@ -74,16 +74,18 @@ class DecisionEncoder:
             tuple(next(f for f in schema["fields"] if f["name"] == "outcome")["type"]["symbols"]) == OUTCOMES
         self._outcome = {o: _SMALL[i] for i, o in enumerate(OUTCOMES)}
         self._times: tuple[int | None, bytes] = (None, b"")
-        self._strs: dict[str, bytes] = {}  # encodings of the few strings that repeat (kinds, topics, worker)
+        # encodings of the few strings that repeat (kinds and the worker as optional strings, topics)
+        self._opts: dict[str, bytes] = {}
+        self._strs: dict[str, bytes] = {}
 
-    def _cached(self, s: str, optional: bool) -> bytes:
-        key = ("?" if optional else "!") + s
-        enc = self._strs.get(key)
+    @staticmethod
+    def _cached(cache: dict[str, bytes], s: str, encode: Any) -> bytes:
+        enc = cache.get(s)
         if enc is None:
-            if len(self._strs) > 1000:
-                self._strs.clear()
-            enc = self._strs[key] = _opt(s) if optional else _str(s)
-        return enc
+            if len(cache) > 1000:
+                cache.clear()
+            enc = cache[s] = encode(s)
+        return enc  # type: ignore[no-any-return]
 
     def _times_of(self, as_of_ms: int, decided_at_ms: int) -> bytes:
         if as_of_ms == decided_at_ms:
@@ -146,8 +148,8 @@ class DecisionEncoder:
         (a test compares them), without decoding and encoding the strings again. Only when ``fast``."""
         mid, source_mid, sender, receiver, corr, source, trace = raw
         return b"".join((
-            self.header, mid, source_mid, self._cached(kind, True), block, self._times_of(as_of_ms, decided_at_ms),
-            _double(latency_ms), self._cached(topic, False), _int(partition), _long(offset),
-            _opt(patient_key), b"\x02", sender, b"\x02", receiver, corr, trace, _opt(replay_id),
-            b"\x00" if worker is None else self._cached(worker, True), source,
+            self.header, mid, source_mid, self._cached(self._opts, kind, _opt), block,
+            self._times_of(as_of_ms, decided_at_ms), _double(latency_ms), self._cached(self._strs, topic, _str),
+            _int(partition), _long(offset), _opt(patient_key), b"\x02", sender, b"\x02", receiver, corr, trace,
+            _opt(replay_id), b"\x00" if worker is None else self._cached(self._opts, worker, _opt), source,
         ))

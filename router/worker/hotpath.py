@@ -60,7 +60,8 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
     # And collect the young generation after 50,000 net allocations instead of Python's 700: a
     # batch allocates and frees tens of thousands of short-lived objects (decoded fields, dicts,
     # records), so the default ran ~1,400 young and ~12 full collections in 15 s at full load.
-    # Measured (worker CPU per message, alternating runs): 76.5/83.0 -> 65.0/71.6 us.
+    # Measured (worker CPU per message at full load, medians of 4 alternating runs): 76.3 -> 68.3 us
+    # (bench/worker-ab-2026-11-23.out).
     if settings.gc_young_threshold:
         _g0, g1, g2 = gc.get_threshold()
         gc.set_threshold(settings.gc_young_threshold, g1, g2)
