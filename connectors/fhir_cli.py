@@ -78,6 +78,9 @@ def fhir_out(bootstrap: str | None, system: str, base_url: str, group_id: str | 
 
     async def main() -> None:
         runner = None
+        # constructed first: it creates its metric series at 0, which the first scrape must see
+        out = FhirOutbound(settings, system, base_url, metrics, store, group_id=group_id, timeout_s=timeout_s,
+                           only_format=only_format)
         if metrics_port is not None:
             async def page(_: web.Request) -> web.Response:
                 return web.Response(body=generate_latest(metrics.registry),
@@ -88,8 +91,6 @@ def fhir_out(bootstrap: str | None, system: str, base_url: str, group_id: str | 
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.web_host, metrics_port).start()
-        out = FhirOutbound(settings, system, base_url, metrics, store, group_id=group_id, timeout_s=timeout_s,
-                           only_format=only_format)
         try:
             await out.run(_stop_event())
         finally:

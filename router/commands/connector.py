@@ -4,7 +4,9 @@ and ``samex simulate`` (systems, senders; the FHIR simulators likewise)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,12 +18,15 @@ METRICS_PORT = click.option("--metrics-port", type=click.IntRange(0, 65535), def
                             help="serve Prometheus /metrics on this port (default: none)")
 
 
-def _metrics(port: int | None):  # type: ignore[no-untyped-def]
+def _metrics(port: int | None, init: Callable[[Any], None]):  # type: ignore[no-untyped-def]
+    """The connector's metrics, its series created at 0 by `init` before /metrics is served: a scrape
+    that comes before the connector has started must already see them."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     from router.metrics import ConnectorMetrics
 
     metrics = ConnectorMetrics(CollectorRegistry())
+    init(metrics)
     if port is not None:  # on SAMEX_WEB_HOST, like the workers (0.0.0.0 in the compose stack)
         start_http_server(port, addr=_settings(None).web_host, registry=metrics.registry)
     return metrics
@@ -55,14 +60,14 @@ def mllp_in(bootstrap: str | None, host: str, port: int, max_frame_bytes: int, p
     """MLLP server: HL7 v2 (REF^I12-I14, OML^O21, ORM^O01, ORU^R01, MDM) -> envelope -> inbound topic.
     ACK AA only after Kafka acknowledged the write; AE (+ dead letter) for messages that cannot be
     mapped; AR when Kafka is unavailable, for oversized and for broken frames."""
-    from connectors.mllp_in import InboundOptions, serve
+    from connectors.mllp_in import INBOUND_OUTCOMES, InboundOptions, serve
     from router.logs import setup_logging
 
     settings = _settings(bootstrap)
     setup_logging(settings.log_level, settings.log_format)
-    metrics = _metrics(metrics_port)
     options = InboundOptions(max_frame_bytes=max_frame_bytes, produce_timeout_s=produce_timeout_s,
                              default_charset=default_charset)
+    metrics = _metrics(metrics_port, lambda m: m.init_inbound(options.source, INBOUND_OUTCOMES))
 
     async def main() -> None:
         await serve(settings, metrics, host, port, options, _stop_event())
@@ -91,14 +96,14 @@ def mllp_out(bootstrap: str | None, system: str, endpoint: str, ack_timeout_s: f
     for the ACK, retry AR and timeouts with capped backoff (in order), AE -> dead letter, commit
     offsets only after the answer, dedup store in SQLite that survives restarts."""
     from connectors.dedup import DedupStore
-    from connectors.mllp_out import Backoff, MllpOutbound, OutboundOptions
+    from connectors.mllp_out import REFUSAL_REASONS, Backoff, MllpOutbound, OutboundOptions
     from router.logs import setup_logging
 
     settings = _settings(bootstrap)
     check_system(settings, system)
     setup_logging(settings.log_level, settings.log_format)
     host, port = _endpoint(endpoint)
-    metrics = _metrics(metrics_port)
+    metrics = _metrics(metrics_port, lambda m: m.init_outbound(system, REFUSAL_REASONS))
     store = DedupStore.for_system(state_dir or settings.state_dir, system)
     options = OutboundOptions(host=host, port=port, ack_timeout_s=ack_timeout_s,
                               backoff=Backoff(cap_s=backoff_cap_s), group_id=group_id, only_format=only_format)
