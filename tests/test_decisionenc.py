@@ -67,9 +67,27 @@ def test_record_from_the_envelopes_own_bytes_equals_the_record_from_values(
     name, _env, raw = RoutingReader(CODEC).decode_raw(CODEC.encode("envelope", e))
     assert name == "envelope" and raw is not None
     block = ENC.block(outcome, ["millennium"], "r1", "v1", None, None, reason)
-    from_raw = ENC.encode_raw(raw, kind, block, 5, 5, 1.5, "samex.in", 3, offset, pk, replay, worker)
+    from_raw = ENC.encode_raw(raw, kind, block, 5, 5, 1.5, "samex.in", 3, offset, pk.encode() if pk is not None else None,
+                              replay, worker)
     from_values = ENC.encode(mid, smid, kind, outcome, ["millennium"], "r1", "v1", None, None, reason, 5, 5, 1.5,
                              "samex.in", 3, offset, pk, sender, receiver, placer, filler, referral, trace, replay,
                              worker, source)
     assert from_raw == from_values
     assert CODEC.decode_as("decision", from_raw)["sender_unit"] == sender
+
+
+def test_long_encoding_at_every_length_boundary():
+    """_long is unrolled for up to four bytes: every length and both signs, against fastavro."""
+    import io
+
+    from fastavro import schemaless_writer
+
+    from router.worker.decisionenc import _long
+
+    values = {0, -1, 2**63 - 1, -(2**63)}
+    for k in range(1, 63):
+        values |= {2**k - 1, 2**k, 2**k + 1, -(2**k) - 1, -(2**k), -(2**k) + 1}
+    for n in sorted(values):
+        buf = io.BytesIO()
+        schemaless_writer(buf, "long", n)
+        assert _long(n) == buf.getvalue(), n

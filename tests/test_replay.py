@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.codec import default_codec
+from router.envelopereader import _NOT_ON_HOT_PATH as NOT_ON_HOT_PATH
 from router.envelopereader import RoutingReader
 from router.errors import CodecError
 from router.replay import (
@@ -64,6 +65,20 @@ def test_routing_reader_equals_the_codec(sub, status, system, filler, reply, sou
     name, got = READER.decode(value)
     assert name == "envelope" and got == routing_view(CODEC.decode(value)[1])
     assert "patient" in got and got["patient"] is None  # never decoded
+    # the hot path's reader: the same, without the fields the worker never reads
+    name, lean, raw = READER.decode_raw(value)
+    assert name == "envelope" and raw is not None and lean == without(got, NOT_ON_HOT_PATH)
+
+
+def without(env: dict, paths: frozenset[str]) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in env.items()}
+    for p in paths:
+        head, _, tail = p.partition(".")
+        if tail:
+            del out[head][tail]
+        else:
+            del out[head]
+    return out
 
 
 def test_routing_reader_refuses_what_the_codec_refuses():

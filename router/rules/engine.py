@@ -368,10 +368,10 @@ class Engine:
         """Where ``unit_hsa`` places orders or referrals at ``as_of_ms``: the systems that the rules give
         for a reply (``reply_kind``) addressed to that unit. An etapp on hold is still on its old
         systems, so hold counts as not live here. ``None`` when no route answers."""
-        st = dict(states or {})
+        st = states or {}
         unit = self.units.get(unit_hsa)
         if unit is not None and unit.etapp and st.get(unit.etapp) == "hold":
-            st[unit.etapp] = "paused"
+            st = {**st, unit.etapp: "paused"}
         env = {"kind": reply_kind, "subtype": None, "receiver": {"unit_hsa_id": unit_hsa},
                "sender": {"unit_hsa_id": unit_hsa, "care_provider_hsa_id": None}}
         d = self.decide(env, as_of_ms, st)

@@ -151,6 +151,7 @@ class RouterCore:
         timings: list[float] = []
         observe = timings.append
         perf = time.perf_counter
+        lean = self._decision_enc.fast
         for rec in records:
             value = rec.value or b""
             if len(value) > self.settings.max_record_bytes:
@@ -164,9 +165,12 @@ class RouterCore:
                 decisions.append((mid, None))
                 continue
             try:
-                # the routing fields only; the full codec (patient included) when the record has no key
-                if rec.key:
+                # the routing fields only; the full codec (patient included) when the record has no key.
+                # decode_raw leaves out fields only the decision encoder's slow path would read.
+                if rec.key and lean:
                     name, env, raw = self._reader.decode_raw(value)
+                elif rec.key:
+                    (name, env), raw = self._reader.decode(value), None
                 else:
                     (name, env), raw = self.codec.decode(value), None
                 if name != "envelope":
@@ -319,16 +323,16 @@ class RouterCore:
         """``block``: the kept encoding of ``d``'s outcome-to-reason fields (``_kept_for``), only
         when ``reason`` and ``version`` are ``d``'s own. ``raw``: the envelope's own encodings of
         the fields the record repeats (``RoutingReader.decode_raw``)."""
-        dests = self._destinations(d)
         enc = self._decision_enc
         if env is not None and raw is not None and enc.fast:
             if block is None:
-                block = enc.block(outcome, dests, d.rule if d else None, version, d.etapp if d else None,
-                                  d.etapp_state if d else None, reason)
+                block = enc.block(outcome, self._destinations(d), d.rule if d else None, version,
+                                  d.etapp if d else None, d.etapp_state if d else None, reason)
             value = enc.encode_raw(raw, env["kind"], block, now_ms, now_ms, float(latency_ms), rec.topic,
-                                   rec.partition, rec.offset, key.decode() if key else None, replay_id,
-                                   self.worker_id)
-        elif env is not None:
+                                   rec.partition, rec.offset, key or None, replay_id, self.worker_id)
+            return OutRecord(self.settings.decisions_topic, key, value, [])
+        dests = self._destinations(d)
+        if env is not None:
             corr = env["correlation"]
             value = self._decision_enc.encode(
                 mid, env.get("source_message_id"), env["kind"], outcome, dests, d.rule if d else None, version,

@@ -29,6 +29,15 @@ OUTCOMES = ("routed", "parked", "dead_letter")
 
 def _long(n: int) -> bytes:
     n = (n << 1) ^ (n >> 63)
+    # offsets and instants: unrolled for up to 4 bytes (the loop below was most of this function's cost)
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
+    if n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, (n >> 14) & 0x7F | 0x80, n >> 21))
     out = bytearray()
     while n & ~0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -140,16 +149,18 @@ class DecisionEncoder:
         ))
 
     def encode_raw(self, raw: tuple[bytes, ...], kind: str, block: bytes, as_of_ms: int, decided_at_ms: int,
-                   latency_ms: float, topic: str, partition: int, offset: int, patient_key: str | None,
+                   latency_ms: float, topic: str, partition: int, offset: int, patient_key: bytes | None,
                    replay_id: str | None, worker: str | None) -> bytes:
         """One decision record from the envelope's own encodings of the fields it repeats, as
         ``RoutingReader.decode_raw`` gives them: message_id, source_message_id, sender and receiver
         unit, placer/filler/referral id, source, trace_id. Same bytes as ``encode`` with those values
-        (a test compares them), without decoding and encoding the strings again. Only when ``fast``."""
+        (a test compares them), without decoding and encoding the strings again. ``patient_key``: the
+        key as the Kafka record has it (UTF-8 bytes). Only when ``fast``."""
         mid, source_mid, sender, receiver, corr, source, trace = raw
         return b"".join((
             self.header, mid, source_mid, self._cached(self._opts, kind, _opt), block,
             self._times_of(as_of_ms, decided_at_ms), _double(latency_ms), self._cached(self._strs, topic, _str),
-            _int(partition), _long(offset), _opt(patient_key), b"\x02", sender, b"\x02", receiver, corr, trace,
+            _int(partition), _long(offset),
+            b"\x00" if patient_key is None else b"\x02" + _int(len(patient_key)) + patient_key, b"\x02", sender, b"\x02", receiver, corr, trace,
             _opt(replay_id), b"\x00" if worker is None else self._cached(self._opts, worker, _opt), source,
         ))
