@@ -35,10 +35,10 @@ _SKIPPED = {0: 4, 1: 6, 3: 7}  # the code that skips a field of each decoded cod
 _NOT_ON_HOT_PATH = frozenset({"source_message_id", "status", "sender.system", "receiver.care_provider_hsa_id",
                               "receiver.system", "correlation.filler_order_number", "event_time_ms"})
 # Byte spans (from the start of field i to the start of field j) that the decision record repeats,
-# copied as they are instead of decoded and encoded again. Each is the field's own Avro encoding:
-# message_id; source_message_id; sender and receiver unit_hsa_id (a plain string here, an optional
-# one in the decision record); placer, filler and referral id together; source; trace_id.
-_RAW_SPANS = ((0, 1), (1, 2), (8, 9), (11, 12), (14, 17), (20, 21), (21, 22))
+# copied as they are instead of decoded and encoded again. Each is the fields' own Avro encoding:
+# message_id and source_message_id together; sender and receiver unit_hsa_id (a plain string here,
+# an optional one in the decision record); placer, filler and referral id together; source; trace_id.
+_RAW_SPANS = ((0, 2), (8, 9), (11, 12), (14, 17), (20, 21), (21, 22))
 
 
 def _env_literal(fields: tuple[tuple[int, str | None], ...]) -> str:
@@ -73,8 +73,12 @@ def _zigzag(ind: str, v: str) -> list[str]:
 
 def _length(ind: str) -> list[str]:
     """Lines that read a string or bytes length into ``n`` and leave ``s`` at the data's start."""
-    return [f"{ind}n = _LEN[d[pos]]", f"{ind}if n < 0:", *_zigzag(ind + "    ", "n"),
-            f"{ind}    if n < 0:", f"{ind}        raise ValueError('negative length')", f"{ind}    s = pos",
+    i2, i3 = ind + "    ", ind + "        "
+    return [f"{ind}n = _LEN[d[pos]]", f"{ind}if n < 0:",
+            # two bytes (64 to 8,191): the payload's and the checksum's lengths
+            f"{i2}n = d[pos]", f"{i2}b = d[pos + 1]", f"{i2}if n >= 0x80 and b < 0x80 and not n & 1:",
+            f"{i3}n = ((n & 0x7F) | b << 7) >> 1", f"{i3}s = pos + 2", f"{i2}else:",
+            *_zigzag(i3, "n"), f"{i3}if n < 0:", f"{i3}    raise ValueError('negative length')", f"{i3}s = pos",
             f"{ind}else:", f"{ind}    s = pos + 1"]
 
 

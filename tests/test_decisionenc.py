@@ -67,12 +67,14 @@ def test_record_from_the_envelopes_own_bytes_equals_the_record_from_values(
     name, _env, raw = RoutingReader(CODEC).decode_raw(CODEC.encode("envelope", e))
     assert name == "envelope" and raw is not None
     block = ENC.block(outcome, ["millennium"], "r1", "v1", None, None, reason)
-    from_raw = ENC.encode_raw(raw, kind, block, 5, 5, 1.5, "samex.in", 3, offset, pk.encode() if pk is not None else None,
-                              replay, worker)
+    pk_bytes = pk.encode() if pk is not None else None
+    from_raw = ENC.encode_raw(raw, kind, block, 5, 5, 1.5, "samex.in", 3, offset, pk_bytes, replay, worker)
     from_values = ENC.encode(mid, smid, kind, outcome, ["millennium"], "r1", "v1", None, None, reason, 5, 5, 1.5,
                              "samex.in", 3, offset, pk, sender, receiver, placer, filler, referral, trace, replay,
                              worker, source)
     assert from_raw == from_values
+    # again: the kept encodings (input coordinates, replay id and worker) give the same bytes
+    assert ENC.encode_raw(raw, kind, block, 5, 5, 1.5, "samex.in", 3, offset, pk_bytes, replay, worker) == from_values
     assert CODEC.decode_as("decision", from_raw)["sender_unit"] == sender
 
 

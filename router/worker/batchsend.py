@@ -63,18 +63,36 @@ class BatchSender:
     async def enqueue(self, outs: Sequence[OutRecord]) -> list[Any]:
         """Hand the records to the producer; return the futures of their batches' acknowledgements."""
         groups: dict[tuple[str, int], list[OutRecord]] = {}
+        counts, by_key = self._partitions, self._key_partition
         for o in outs:
-            n = self._partitions.get(o.topic) or await self._count(o.topic)
-            part = o.partition if o.partition is not None and o.partition < n else self._partition(o.key, n)
-            groups.setdefault((o.topic, part), []).append(o)
+            topic = o.topic
+            n = counts.get(topic)
+            if n is None:
+                n = await self._count(topic)
+            part = o.partition
+            if part is None or part >= n:
+                key = o.key
+                if key is None:
+                    self._rr += 1
+                    part = self._rr % n
+                else:
+                    part = by_key.get((key, n))
+                    if part is None:
+                        part = self._partition(key, n)
+            group = groups.get((topic, part))
+            if group is None:
+                groups[(topic, part)] = [o]
+            else:
+                group.append(o)
         futures = []
+        create, send = self.producer.create_batch, self.producer.send_batch
         for (topic, partition), items in groups.items():
-            batch = self.producer.create_batch()
+            batch = create()
             for o in items:
                 if batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers) is None:
-                    futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-                    batch = self.producer.create_batch()
+                    futures.append(await send(batch, topic, partition=partition))
+                    batch = create()
                     if batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers) is None:
                         raise ValueError(f"a record for {topic} is larger than the producer's batch size")
-            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+            futures.append(await send(batch, topic, partition=partition))
         return futures

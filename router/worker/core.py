@@ -115,6 +115,7 @@ class RouterCore:
         # walks all its fields); the entry holds the Decision, so its id is not reused meanwhile.
         self._kept: dict[int, tuple[Decision, tuple[Header, ...], bytes | None]] = {}
         self._reader = RoutingReader(codec)
+        self._out_topics: dict[str, str] = {}  # system -> its destination topic
 
     # -- one batch ------------------------------------------------------------------------------
     def process(self, records: Sequence[InRecord], now_ms: int | None = None, replay_id: str | None = None,
@@ -152,6 +153,7 @@ class RouterCore:
         observe = timings.append
         perf = time.perf_counter
         lean = self._decision_enc.fast
+        out_topics = self._out_topics
         for rec in records:
             value = rec.value or b""
             if len(value) > self.settings.max_record_bytes:
@@ -214,7 +216,10 @@ class RouterCore:
             headers = self._headers(env, decision, replay_id, extra_headers, kept)
             if decision.outcome == "routed":
                 for dest in decision.destinations:
-                    outs.append(OutRecord(self.settings.out_topic(dest), key, value, headers))
+                    topic = out_topics.get(dest)
+                    if topic is None:
+                        topic = out_topics[dest] = self.settings.out_topic(dest)
+                    outs.append(OutRecord(topic, key, value, headers))
                     routed_c[(kind, dest, decision.etapp or "", decision.rule or "")] += 1
                 routed_received.append(env["received_time_ms"])
             elif decision.outcome == "park":

@@ -83,9 +83,10 @@ class DecisionEncoder:
             tuple(next(f for f in schema["fields"] if f["name"] == "outcome")["type"]["symbols"]) == OUTCOMES
         self._outcome = {o: _SMALL[i] for i, o in enumerate(OUTCOMES)}
         self._times: tuple[int | None, bytes] = (None, b"")
-        # encodings of the few strings that repeat (kinds and the worker as optional strings, topics)
+        # encodings of the few values that repeat: kinds as optional strings, ...
         self._opts: dict[str, bytes] = {}
-        self._strs: dict[str, bytes] = {}
+        self._coords: dict[tuple[str, int], bytes] = {}  # (input topic, partition) -> their encoding
+        self._tails: dict[tuple[str | None, str | None], bytes] = {}  # (replay id, worker) -> their encoding
 
     @staticmethod
     def _cached(cache: dict[str, bytes], s: str, encode: Any) -> bytes:
@@ -152,15 +153,26 @@ class DecisionEncoder:
                    latency_ms: float, topic: str, partition: int, offset: int, patient_key: bytes | None,
                    replay_id: str | None, worker: str | None) -> bytes:
         """One decision record from the envelope's own encodings of the fields it repeats, as
-        ``RoutingReader.decode_raw`` gives them: message_id, source_message_id, sender and receiver
-        unit, placer/filler/referral id, source, trace_id. Same bytes as ``encode`` with those values
-        (a test compares them), without decoding and encoding the strings again. ``patient_key``: the
-        key as the Kafka record has it (UTF-8 bytes). Only when ``fast``."""
-        mid, source_mid, sender, receiver, corr, source, trace = raw
+        ``RoutingReader.decode_raw`` gives them: message_id with source_message_id, sender and
+        receiver unit, placer/filler/referral id, source, trace_id. Same bytes as ``encode`` with
+        those values (a test compares them), without decoding and encoding the strings again.
+        ``patient_key``: the key as the Kafka record has it (UTF-8 bytes). Only when ``fast``."""
+        ids, sender, receiver, corr, source, trace = raw
+        kind_b = self._opts.get(kind)
+        if kind_b is None:
+            kind_b = self._cached(self._opts, kind, _opt)
+        coords = self._coords.get((topic, partition))
+        if coords is None:  # the input topic and partition, kept: one per assigned partition
+            if len(self._coords) > 10_000:
+                self._coords.clear()
+            coords = self._coords[(topic, partition)] = _str(topic) + _int(partition)
+        tail = self._tails.get((replay_id, worker))
+        if tail is None:
+            if len(self._tails) > 1000:
+                self._tails.clear()
+            tail = self._tails[(replay_id, worker)] = _opt(replay_id) + _opt(worker)
         return b"".join((
-            self.header, mid, source_mid, self._cached(self._opts, kind, _opt), block,
-            self._times_of(as_of_ms, decided_at_ms), _double(latency_ms), self._cached(self._strs, topic, _str),
-            _int(partition), _long(offset),
-            b"\x00" if patient_key is None else b"\x02" + _int(len(patient_key)) + patient_key, b"\x02", sender, b"\x02", receiver, corr, trace,
-            _opt(replay_id), b"\x00" if worker is None else self._cached(self._opts, worker, _opt), source,
+            self.header, ids, kind_b, block, self._times_of(as_of_ms, decided_at_ms), _double(latency_ms), coords,
+            _long(offset), b"\x00" if patient_key is None else b"\x02" + _int(len(patient_key)) + patient_key,
+            b"\x02", sender, b"\x02", receiver, corr, trace, tail, source,
         ))
