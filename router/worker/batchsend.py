@@ -63,7 +63,7 @@ class BatchSender:
     async def enqueue(self, outs: Sequence[OutRecord]) -> list[Any]:
         """Hand the records to the producer; return the futures of their batches' acknowledgements."""
         groups: dict[tuple[str, int], list[OutRecord]] = {}
-        counts, by_key = self._partitions, self._key_partition
+        counts = self._partitions
         for o in outs:
             topic = o.topic
             n = counts.get(topic)
@@ -71,14 +71,7 @@ class BatchSender:
                 n = await self._count(topic)
             part = o.partition
             if part is None or part >= n:
-                key = o.key
-                if key is None:
-                    self._rr += 1
-                    part = self._rr % n
-                else:
-                    part = by_key.get((key, n))
-                    if part is None:
-                        part = self._partition(key, n)
+                part = self._partition(o.key, n)
             group = groups.get((topic, part))
             if group is None:
                 groups[(topic, part)] = [o]

@@ -9,6 +9,7 @@ and this file is not updated, the encoder falls back to the codec (slower, never
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Any
 
 from router.codec import MAGIC, Codec
@@ -64,6 +65,22 @@ def _int(n: int) -> bytes:
     return _SMALL[n] if 0 <= n < 256 else _long(n)
 
 
+# Encodings of values that repeat on the hot path, kept (pure functions of their arguments): kinds
+# as optional strings, the input's topic and partition (one pair per assigned partition), and the
+# replay id with the worker (one pair per worker, or per replay).
+_kind_opt = lru_cache(maxsize=64)(_opt)
+
+
+@lru_cache(maxsize=4096)
+def _coords(topic: str, partition: int) -> bytes:
+    return _str(topic) + _int(partition)
+
+
+@lru_cache(maxsize=256)
+def _tail(replay_id: str | None, worker: str | None) -> bytes:
+    return _opt(replay_id) + _opt(worker)
+
+
 def layout_of(schema: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     out = []
     for f in schema["fields"]:
@@ -83,19 +100,6 @@ class DecisionEncoder:
             tuple(next(f for f in schema["fields"] if f["name"] == "outcome")["type"]["symbols"]) == OUTCOMES
         self._outcome = {o: _SMALL[i] for i, o in enumerate(OUTCOMES)}
         self._times: tuple[int | None, bytes] = (None, b"")
-        # encodings of the few values that repeat: kinds as optional strings, ...
-        self._opts: dict[str, bytes] = {}
-        self._coords: dict[tuple[str, int], bytes] = {}  # (input topic, partition) -> their encoding
-        self._tails: dict[tuple[str | None, str | None], bytes] = {}  # (replay id, worker) -> their encoding
-
-    @staticmethod
-    def _cached(cache: dict[str, bytes], s: str, encode: Any) -> bytes:
-        enc = cache.get(s)
-        if enc is None:
-            if len(cache) > 1000:
-                cache.clear()
-            enc = cache[s] = encode(s)
-        return enc  # type: ignore[no-any-return]
 
     def _times_of(self, as_of_ms: int, decided_at_ms: int) -> bytes:
         if as_of_ms == decided_at_ms:
@@ -158,21 +162,9 @@ class DecisionEncoder:
         those values (a test compares them), without decoding and encoding the strings again.
         ``patient_key``: the key as the Kafka record has it (UTF-8 bytes). Only when ``fast``."""
         ids, sender, receiver, corr, source, trace = raw
-        kind_b = self._opts.get(kind)
-        if kind_b is None:
-            kind_b = self._cached(self._opts, kind, _opt)
-        coords = self._coords.get((topic, partition))
-        if coords is None:  # the input topic and partition, kept: one per assigned partition
-            if len(self._coords) > 10_000:
-                self._coords.clear()
-            coords = self._coords[(topic, partition)] = _str(topic) + _int(partition)
-        tail = self._tails.get((replay_id, worker))
-        if tail is None:
-            if len(self._tails) > 1000:
-                self._tails.clear()
-            tail = self._tails[(replay_id, worker)] = _opt(replay_id) + _opt(worker)
         return b"".join((
-            self.header, ids, kind_b, block, self._times_of(as_of_ms, decided_at_ms), _double(latency_ms), coords,
-            _long(offset), b"\x00" if patient_key is None else b"\x02" + _int(len(patient_key)) + patient_key,
-            b"\x02", sender, b"\x02", receiver, corr, trace, tail, source,
+            self.header, ids, _kind_opt(kind), block, self._times_of(as_of_ms, decided_at_ms), _double(latency_ms),
+            _coords(topic, partition), _long(offset),
+            b"\x00" if patient_key is None else b"\x02" + _int(len(patient_key)) + patient_key,
+            b"\x02", sender, b"\x02", receiver, corr, trace, _tail(replay_id, worker), source,
         ))

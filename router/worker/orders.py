@@ -13,6 +13,7 @@ tests pass a plain dict. Keys: ``order:<placer order number>``, ``referral:<refe
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -57,7 +58,6 @@ class OrderBook:
         self.outbox: list[tuple[bytes, bytes]] = []
         self.followed = 0
         self.unknown = 0
-        self._placed_text: dict[int, str] = {}  # fmt_ms of placement instants (one per batch that placed orders)
 
     def _put(self, key: str, entry: dict[str, Any]) -> None:
         text = orjson.dumps(entry).decode()
@@ -115,20 +115,14 @@ class OrderBook:
             self._put(key, entry)
         self.followed += 1
         rules_say = ", ".join(decision.destinations) if decision.outcome == "routed" else decision.reason_code
-        reason = f"{what} follows its {of} {ident} placed {self._placed(entry['placed_ms'])} in {', '.join(systems)}"
+        reason = f"{what} follows its {of} {ident} placed {_placed_text(entry['placed_ms'])} in {', '.join(systems)}"
         if systems != decision.destinations:
             reason += f" (the rules alone say {rules_say})"
         return Decision("routed", systems, decision.rule or "follows-order", decision.rules_version, decision.etapp,
                         decision.etapp_state, reason, "routed")
 
-    def _placed(self, ms: int) -> str:
-        """fmt_ms, kept: orders placed in one batch share one instant (fmt_ms is ~2.5 µs)."""
-        text = self._placed_text.get(ms)
-        if text is None:
-            if len(self._placed_text) > 10_000:
-                self._placed_text.clear()
-            text = self._placed_text[ms] = fmt_ms(ms)
-        return text
+# fmt_ms of placement instants, kept: orders placed in one batch share one instant (fmt_ms is ~2.5 µs)
+_placed_text = lru_cache(maxsize=4096)(fmt_ms)
 
 
 def decode_entry(raw: Any) -> dict[str, Any]:
