@@ -65,6 +65,24 @@ async def out_records(bootstrap: str, s) -> list:
     return recs
 
 
+async def etapp_order_checked(bootstrap: str, s, sent: list[dict]) -> int:
+    """Assert that on every destination topic the first delivery of each of the etapp's messages
+    comes in the order they were sent, per patient key; returns how many deliveries were checked."""
+    order = {r["message_id"]: i for i, r in enumerate(sent)
+             if ENGINE.units[r["receiver"]["unit_hsa_id"]].etapp == ETAPP}
+    by_key: dict[tuple[str, bytes], list[str]] = defaultdict(list)
+    for r in sorted(await out_records(bootstrap, s), key=lambda r: (r.topic, r.partition, r.offset)):
+        by_key[(r.topic, r.key)].append(header(r, "samex-message-id"))
+    checked = 0
+    for (topic, _key), mids in by_key.items():
+        seen: set[str] = set()
+        firsts = [m for m in mids if not (m in seen or seen.add(m))]  # first delivery of each id
+        idx = [order[m] for m in firsts if m in order]
+        assert idx == sorted(idx), (topic, idx)
+        checked += len(idx)
+    return checked
+
+
 async def test_hold_release_in_order_with_kill_during_release(kafka_bootstrap, topic_prefix):
     s = await setup(kafka_bootstrap, topic_prefix)
     w = WorkerProcess(s, SAMEX_RELEASE_BATCH_MAX="10").start()  # small steps: the kill lands mid-release
@@ -126,20 +144,7 @@ async def test_hold_release_in_order_with_kill_during_release(kafka_bootstrap, t
 
         # per-patient order on every destination among the etapp's messages: the parked ones before
         # later ones (traffic to other etapper is not held, so it may overtake parked messages)
-        order = {r["message_id"]: i for i, r in enumerate(first + second)
-                 if ENGINE.units[r["receiver"]["unit_hsa_id"]].etapp == ETAPP}
-        outs = await out_records(kafka_bootstrap, s)
-        by_key: dict[tuple[str, bytes], list[str]] = defaultdict(list)
-        for r in sorted(outs, key=lambda r: (r.topic, r.partition, r.offset)):
-            by_key[(r.topic, r.key)].append(header(r, "samex-message-id"))
-        checked = 0
-        for (_topic, _key), mids in by_key.items():
-            seen: set[str] = set()
-            firsts = [m for m in mids if not (m in seen or seen.add(m))]  # first delivery of each id
-            idx = [order[m] for m in firsts if m in order]
-            assert idx == sorted(idx), (_topic, idx)
-            checked += len(idx)
-        assert checked >= len(parked_ids)
+        assert await etapp_order_checked(kafka_bootstrap, s, first + second) >= len(parked_ids)
         metrics = w.get("/metrics").decode()
         assert f'samex_parked_messages{{etapp="{ETAPP}"}} 0.0' in metrics  # nothing left waiting
     finally:
@@ -202,5 +207,72 @@ async def test_pause_routes_as_not_live_and_results_follow_orders(kafka_bootstra
         dec = {d["message_id"]: d for d in (codec.decode_as("decision", r.value) for r in
                                            await read_topic(kafka_bootstrap, s.decisions_topic, expect=4))}
         assert dec["00000000-0000-4000-8000-000000000004"]["destinations"] == ["millennium"]
+    finally:
+        w.stop()
+
+
+
+async def test_release_ends_while_traffic_keeps_coming(kafka_bootstrap, topic_prefix):
+    """A release must end although the etapp's messages keep arriving: here a worker restarts into a
+    release with a lag of the etapp's messages on the inbound topic, so every batch it polls holds
+    some for every partition, and steady traffic follows. The parked ones go out first, then new
+    ones route directly again. (Fails if a park partition only counts as drained when no batch in
+    flight parked another message behind the release, or if a release step frees fewer than a batch
+    parks: then every message of the lag queues behind the release.)"""
+    s = await setup(kafka_bootstrap, topic_prefix)
+
+    def etapp_only(n: int, seed: int) -> list[dict]:
+        recs = synth_records(n, seed=seed, patients=600)
+        return [r for r in recs if ENGINE.units[r["receiver"]["unit_hsa_id"]].etapp == ETAPP]
+
+    held, lagged, steady = etapp_only(1500, 71), etapp_only(100000, 72), etapp_only(30000, 73)
+    assert len(held) > 100 and len(lagged) > 15000 and len(steady) > 5000
+    w = WorkerProcess(s).start()
+    try:
+        w.wait_ready()
+        etapp_cmd(s, "hold", ETAPP, "--reason", "test: lagged release", "--until", "2099-01-01T00:00")
+        wait_state(w, ETAPP, "hold")
+        await produce_records(kafka_bootstrap, s.inbound_topic, held, stamp_now=True)
+        await read_topic(kafka_bootstrap, s.decisions_topic, expect=len(held))
+        w.stop()
+        etapp_cmd(s, "release", ETAPP, "--reason", "test: go")
+        await produce_records(kafka_bootstrap, s.inbound_topic, lagged, stamp_now=True)
+        # small release steps: the release spans several of the hot path's batches of the lag
+        w = WorkerProcess(s, worker_id="w2", SAMEX_RELEASE_BATCH_MAX="100").start()
+        w.wait_ready()
+        await produce_records(kafka_bootstrap, s.inbound_topic, steady, rate=1000, stamp_now=True, catch_up=False)
+        total = len(held) + len(lagged) + len(steady)
+        deadline = time.monotonic() + 60
+        while True:
+            dec = [codec.decode_as("decision", r.value) for r in
+                   await read_topic(kafka_bootstrap, s.decisions_topic, idle_s=1.0)]
+            first: dict[str, dict] = {}
+            for d in dec:
+                if d["input"]["topic"] == s.inbound_topic:
+                    first.setdefault(d["message_id"], d)
+            parked = {m for m, d in first.items() if d["outcome"] == "parked"}
+            released = {d["message_id"] for d in dec if d["input"]["topic"] == s.park_topic(ETAPP)}
+            if len(first) >= total and released >= parked:
+                break
+            assert time.monotonic() < deadline, (len(first), total, len(parked - released))
+            await asyncio.sleep(1)
+        assert {r["message_id"] for r in held} <= parked
+        behind = [r for r in lagged if r["message_id"] in parked]
+        late = Counter(first[r["message_id"]]["outcome"] for r in steady)
+        print(f"parked {len(held)} on hold; of {len(lagged)} lagged messages {len(behind)} queued behind the "
+              f"release; steady traffic after: {dict(late)}")
+        assert 0 < len(behind) < len(lagged) // 2
+        # the release ended on every partition: once one of the etapp's messages routes directly,
+        # none after it on that partition is parked
+        by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        for d in first.values():
+            by_partition[d["input"]["partition"]].append((d["input"]["offset"], d["outcome"]))
+        for p, outcomes in by_partition.items():
+            seq = [o for _off, o in sorted(outcomes)]
+            assert "routed" in seq, f"partition {p}: the release never ended, {len(seq)} messages all parked"
+            assert "parked" not in seq[seq.index("routed"):], p
+            assert seq[-1] == "routed", p
+        assert released == parked
+        assert await etapp_order_checked(kafka_bootstrap, s, held + lagged + steady) >= len(held) + len(lagged)
     finally:
         w.stop()

@@ -73,7 +73,9 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
     committer.start()
     try:
         while not stop.is_set():
-            batch = await c.getmany(timeout_ms=100 if pending is None else 0, max_records=settings.batch_max)
+            # no waiting for input while a batch is in flight or parked messages can be released
+            idle_wait = 100 if pending is None and not (runtime.core.backlog and releaser.ready()) else 0
+            batch = await c.getmany(timeout_ms=idle_wait, max_records=settings.batch_max)
             await releaser.sync()  # before deciding: the backlog of newly assigned partitions must be known
             if batch:
                 # aiokafka's records as they are: they have every field RouterCore reads (topic,
@@ -87,7 +89,14 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
             if batch:
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
                 pending = (futures, offsets, result, [(tp, msgs[-1].offset) for tp, msgs in batch.items()])
-            if runtime.core.backlog:
+            if runtime.core.backlog and releaser.ready():
+                # A release needs the batch in flight acknowledged first: its parks must be in the
+                # park partitions before the releaser can see them, and a park partition only counts
+                # as drained when no park is in flight. Kept in flight instead, under steady traffic
+                # every batch parks another message behind the release, and the release never ends.
+                if pending is not None:
+                    await _complete(c, runtime, sender, *pending, committer=committer)
+                    pending = None
                 await releaser.step(sender, settings.release_batch_max)
         if pending is not None:
             await _complete(c, runtime, sender, *pending, committer=committer)

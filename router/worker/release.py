@@ -15,6 +15,7 @@ the etapp's messages from p route directly again: per-patient order holds throug
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -35,6 +36,9 @@ class Releaser:
         self.c: Any = None
         self.owned: frozenset[int] = frozenset()
         self.tps: dict[tuple[str, int], TopicPartition] = {}
+        # park_seq per pair when last looked at (a step, or while on hold): the parks since then
+        # were queued behind the release, and the next step releases that many more
+        self.seq_seen: dict[tuple[str, int], int] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -56,6 +60,7 @@ class Releaser:
         if owned == self.owned:
             return
         self.owned = owned
+        self.seq_seen.clear()
         tps: dict[tuple[str, int], TopicPartition] = {}
         for etapp in self._etapper():
             topic = self.settings.park_topic(etapp)
@@ -90,24 +95,49 @@ class Releaser:
         if backlog:
             log.info("parked messages waiting", extra={"partitions": len(backlog)})
 
-    async def step(self, sender: Any, max_records: int = 1000) -> int:
-        """Release one batch from the park partitions whose etapp is not on hold. Returns the count."""
-        import time
-
+    def ready(self) -> list[tuple[str, int]]:
+        """The (etapp, partition) pairs with parked records that may be released now (not on hold)."""
         if not self.core.backlog:
-            return 0
-        now = int(time.time() * 1000)
-        states = self.core.states.at(now)
-        ready = [ep for ep in self.core.backlog if ep in self.tps and states.get(ep[0]) != "hold"]
+            return []
+        states = self.core.states.at(int(time.time() * 1000))
+        ready = []
+        for ep in self.core.backlog:
+            if ep not in self.tps:
+                continue
+            if states.get(ep[0]) == "hold":
+                self.seq_seen[ep] = self.core.park_seq[ep]  # parks on hold are not behind a release
+            else:
+                ready.append(ep)
+        return ready
+
+    async def step(self, sender: Any, max_records: int = 1000) -> int:
+        """Release parked records of the (etapp, partition) pairs not on hold. Returns the count.
+
+        The caller has no park in flight (the hot path completes its batch first), so the end
+        offsets read here cover every park made so far. A step releases ``max_records`` plus as many
+        as were parked behind the release since the previous step (at most one hot-path batch), so
+        what is left to release shrinks by ``max_records`` a step however fast messages arrive, and
+        a partition read up to those end offsets is drained: the release ends."""
+        ready = self.ready()
         if not ready:
             return 0
         tps = [self.tps[ep] for ep in ready]
-        self.c.pause(*self.tps.values())
-        self.c.resume(*tps)
-        seq_before = {ep: self.core.park_seq[ep] for ep in ready}
-        batch = await self.c.getmany(*tps, timeout_ms=50, max_records=max_records)
+        seq_now = {ep: self.core.park_seq[ep] for ep in ready}
+        parked_since = sum(max(0, n - self.seq_seen.get(ep, 0)) for ep, n in seq_now.items())
+        budget = max_records + min(parked_since, self.settings.batch_max)
+        self.seq_seen.update(seq_now)
+        end = await self.c.end_offsets(tps)
         released = 0
-        if batch:
+        while released < budget:
+            behind = [tp for tp in tps if await self.c.position(tp) < end[tp]]
+            if not behind:
+                break
+            self.c.pause(*self.tps.values())
+            self.c.resume(*behind)
+            batch = await self.c.getmany(*behind, timeout_ms=50, max_records=budget - released)
+            self.c.pause(*behind)
+            if not batch:
+                break
             records = [InRecord(m.topic, m.partition, m.offset, m.key, m.value,
                                 [(k, bytes(v)) for k, v in (m.headers or ())], m.timestamp)
                        for msgs in batch.values() for m in msgs]
@@ -119,20 +149,19 @@ class Releaser:
                 log.exception("release batch not acknowledged; will retry")
                 for tp, msgs in batch.items():
                     self.c.seek(tp, msgs[0].offset)
-                return 0
+                return released
             self.core.ack_parks(result)
             self.runtime.after_batch(result)
             try:
                 await self.c.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
             except (CommitFailedError, IllegalStateError) as exc:
                 log.warning("release commit failed; records will be released again", extra={"error": repr(exc)})
-            released = len(records)
-        # drained? only if nothing was parked meanwhile and no park is still in flight
-        end = await self.c.end_offsets(tps)
+            released += len(records)
+        # drained: read up to the end, nothing parked since the end was read, no park in flight
         for ep, tp in zip(ready, tps, strict=True):
-            if self.core.park_unacked[ep] == 0 and self.core.park_seq[ep] == seq_before[ep] and \
+            if self.core.park_unacked[ep] == 0 and self.core.park_seq[ep] == seq_now[ep] and \
                     await self.c.position(tp) >= end[tp]:
                 self.core.backlog.discard(ep)
+                self.seq_seen.pop(ep, None)
                 log.info("park partition drained", extra={"etapp": ep[0], "partition": ep[1]})
-        self.c.pause(*tps)
         return released
