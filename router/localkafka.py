@@ -186,6 +186,7 @@ class LocalKafka:
     heap: str = field(default_factory=lambda: os.environ.get("SAMEX_KAFKA_HEAP", "512m"))
     partitions: int = 6
     start_timeout: float = 60.0
+    runs_dir: Path | None = None  # where the broker's work directory (its log) goes; home/runs by default
     workdir: Path | None = None
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
@@ -222,7 +223,7 @@ class LocalKafka:
         raise last
 
     def _start_once(self, lib: Path) -> None:
-        runs = self.home / "runs"
+        runs = self.runs_dir or self.home / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="broker-", dir=runs))
         self.port, cport = free_port(), free_port()
@@ -329,13 +330,14 @@ def broker_from_env() -> str | None:
 
 
 @contextlib.contextmanager
-def kafka_broker() -> Iterator[str]:
-    """Yield a bootstrap address: the one in ``SAMEX_KAFKA_BOOTSTRAP``, or a fresh local broker."""
+def kafka_broker(runs_dir: Path | None = None) -> Iterator[str]:
+    """Yield a bootstrap address: the one in ``SAMEX_KAFKA_BOOTSTRAP``, or a fresh local broker
+    (with its log under ``runs_dir`` when given)."""
     existing = broker_from_env()
     if existing:
         yield existing
         return
-    with LocalKafka() as broker:
+    with LocalKafka(runs_dir=runs_dir) as broker:
         yield broker.bootstrap
 
 
