@@ -1,8 +1,8 @@
 """A/B latency of worker settings on the real local broker (not a test).
 
 Runs bench/throughput.py's steady-state latency measurement (1,000 msg/s, 10 s warm-up, 20 s
-measured) for each variant in turn, K rounds, on one broker, with the raw passthrough as a
-control in every round: alternating runs see the same machine noise.
+measured) for each variant in turn (the order rotates each round), K rounds, on one broker, with
+the raw passthrough as a control in every round: alternating runs see the same machine noise.
 
     python bench/latency_ab.py "linger2:SAMEX_LINGER_MS=2" "linger0:SAMEX_LINGER_MS=0" --rounds 3
 
@@ -40,8 +40,11 @@ async def main(bootstrap: str, variants: list[tuple[str, dict[str, str]]], round
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
     results["raw"] = []
     base_env = dict(os.environ)
+    order = [*variants, ("raw", {})]
     for k in range(rounds):
-        for name, env in [*variants, ("raw", {})]:
+        # the order rotates each round, so that no variant always runs first (on a fresh broker, or
+        # right after the same neighbour)
+        for name, env in order[k % len(order):] + order[:k % len(order)]:
             os.environ.clear()
             os.environ.update({**base_env, **env})  # the worker process inherits these settings
             p50, p99, _a50, a99 = await throughput.latency_run(bootstrap, 200 + k, raw=(name == "raw"))

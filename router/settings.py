@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         5, ge=0, le=500, description="longest the broker holds the hot path's fetch: aiokafka has one fetch in flight "
         "per broker, so a partition with new data can wait this long behind a fetch for the others")
+    commit_interval_ms: int = Field(
+        1000, ge=0, le=60_000, description="shortest time between two offset commits of the hot path (0: commit "
+        "after every acknowledged batch); only acknowledged offsets are ever committed, and a rebalance or a clean "
+        "stop commits at once, so a longer interval only means more re-processing after a crash")
     etapp_lead_ms: int = Field(1000, ge=0, description="an etapp change without --at takes effect this long after "
                                "it is published, so that every worker has it before it applies")
     etapp_max_backdate_s: int = Field(300, ge=0, description="how far in the past --at may lie")
