@@ -18,7 +18,7 @@ from router.rules.engine import Engine
 from router.rules.load import load_rules
 from router.settings import load_settings
 from router.synth import load_units, traffic
-from router.worker.core import InRecord, RouterCore, observe_many
+from router.worker.core import InRecord, RouterCore, observe_many, observe_since_ms
 from router.worker.states import EtappChange, StateBook
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,3 +154,27 @@ def test_observe_many_equals_observe(values):
     assert s1.keys() == s2.keys()
     for k in s1:
         assert abs(s1[k] - s2[k]) < 1e-9, k
+
+
+def _samples(reg: CollectorRegistry) -> dict:  # type: ignore[type-arg]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in reg.collect() for s in m.samples
+            if not s.name.endswith("_created")}
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(min_value=-2_000, max_value=20_000), max_size=200),
+       st.sampled_from([1_700_000_000_000, 1_700_000_000_000.5]))
+def test_observe_since_ms_equals_observe_of_the_clamped_seconds(ages_ms, now_ms):
+    # ages on and around the bucket bounds (1, 10, 100, 1,000, 5,000 ms) and negative ones (a sender's clock ahead)
+    ages_ms = [*ages_ms, -1, 0, 1, 10, 100, 1000, 5000, 5001]
+    r1, r2 = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("h", "h", buckets=(0.001, 0.01, 0.1, 1, 5), registry=r1)
+    h2 = Histogram("h", "h", buckets=(0.001, 0.01, 0.1, 1, 5), registry=r2)
+    since = [now_ms - a for a in ages_ms]
+    for t in since:
+        h1.observe(max(0.0, (now_ms - t) / 1000))
+    observe_since_ms(h2, now_ms, since)
+    s1, s2 = _samples(r1), _samples(r2)
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert abs(s1[k] - s2[k]) < 1e-6, k

@@ -29,7 +29,7 @@ from router.rules.load import load_rules
 from router.settings import Settings
 from router.timeutil import fmt_ms
 from router.worker.control import ControlState, follow_control
-from router.worker.core import InRecord, OutRecord, RouterCore, observe_many
+from router.worker.core import InRecord, OutRecord, RouterCore, observe_since_ms
 from router.worker.states import EtappChange
 
 log = logging.getLogger("samex.worker")
@@ -132,10 +132,9 @@ class WorkerRuntime:
         self._update_lag(events)
 
     def after_batch(self, result: Any) -> None:
-        now = time.time() * 1000
-        observe_many(self.metrics.end_to_end_seconds, [max(0.0, (now - r) / 1000) for r in result.routed_received_ms])
-        self._count(result)
-        self._log_dead_letters(result.outputs)
+        observe_since_ms(self.metrics.end_to_end_seconds, time.time() * 1000, result.routed_received_ms)
+        if self._count(result):
+            self._log_dead_letters(result.outputs)
 
     def _log_dead_letters(self, outputs: list[OutRecord]) -> None:
         """One JSON log line per dead letter: message id, trace id and reason code, never the content."""
@@ -147,20 +146,27 @@ class WorkerRuntime:
                     "stage": d["stage"], "input": f"{d['source']['topic']}:{d['source']['partition']}:"
                                                    f"{d['source']['offset']}"})
 
-    def _count(self, result: Any) -> None:
+    def _count(self, result: Any) -> int:
+        """Count the batch's outcomes for the status page; returns the number of dead letters."""
         c = self.counts
         c["batches"] += 1
+        c["in"] += len(result.decisions)
+        routed = parked = dead = 0
         for mid, d in result.decisions:
-            c["in"] += 1
-            if d is None or d.outcome == "dead_letter":
-                c["dead_letter"] += 1
+            outcome = d.outcome if d is not None else "dead_letter"
+            if outcome == "routed":
+                routed += 1
+            elif outcome == "park":
+                parked += 1
+            else:
+                dead += 1
                 self.recent_dead.append({"at": fmt_ms(int(time.time() * 1000)), "message_id": mid,
                                          "reason": d.reason if d else "undecodable input",
                                          "code": d.reason_code if d else "undecodable"})
-            elif d.outcome == "park":
-                c["parked"] += 1
-            else:
-                c["routed"] += 1
+        c["routed"] += routed
+        c["parked"] += parked
+        c["dead_letter"] += dead
+        return dead
 
     def _update_lag(self, events: list[Any]) -> None:
         if self.app is None:

@@ -77,6 +77,27 @@ def observe_many(histogram: Any, values: Sequence[float]) -> None:
     for v in values:
         counts[bisect.bisect_left(bounds, v)] += 1
         total += v
+    _add(histogram, counts, total)
+
+
+def observe_since_ms(histogram: Any, now_ms: float, since_ms: Sequence[float]) -> None:
+    """``observe_many(histogram, [max(0, now_ms - t) / 1000 for t in since_ms])`` in one pass (seconds
+    from epoch-ms instants; the end-to-end latency of every routed message)."""
+    if not since_ms:
+        return
+    bounds = [b * 1000 for b in histogram._upper_bounds]
+    counts = [0] * len(bounds)
+    total = 0.0
+    for t in since_ms:
+        d = now_ms - t
+        if d < 0:
+            d = 0.0
+        counts[bisect.bisect_left(bounds, d)] += 1
+        total += d
+    _add(histogram, counts, total / 1000)
+
+
+def _add(histogram: Any, counts: list[int], total: float) -> None:
     for i, n in enumerate(counts):
         if n:
             histogram._buckets[i].inc(n)
