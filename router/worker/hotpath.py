@@ -204,7 +204,8 @@ class CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.committer = committer
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
-        if revoked and self.committer.task is not None:
+        task = self.committer.task
+        if revoked and task is not None and not task.done():  # not after the hot path has stopped
             await self.committer.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
