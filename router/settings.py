@@ -21,16 +21,16 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="bootstrap servers, comma separated")
-    inbound_topic: str = "samex.in"
-    decisions_topic: str = "samex.decisions"
-    deadletter_topic: str = "samex.deadletter"
-    deliveries_topic: str = "samex.deliveries"
-    control_topic: str = "samex.control"
-    out_topic_prefix: str = "samex.out."
-    park_topic_prefix: str = "samex.park."
-    group_id: str = "samex-router"
+    inbound_topic: str = Field("samex.in", description="envelopes to route (keyed by the patient hash)")
+    decisions_topic: str = Field("samex.decisions", description="one decision record per input message")
+    deadletter_topic: str = Field("samex.deadletter", description="input that cannot be decoded or routed")
+    deliveries_topic: str = Field("samex.deliveries", description="outbound connectors' delivery records")
+    control_topic: str = Field("samex.control", description="compacted: rule sets, etapp states, replay audits")
+    out_topic_prefix: str = Field("samex.out.", description="destination topic = prefix + system id")
+    park_topic_prefix: str = Field("samex.park.", description="park topic = prefix + etapp id")
+    group_id: str = Field("samex-router", description="consumer group of the router workers")
     partitions: int = Field(6, ge=1, description="partitions for topics samex creates")
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1, description="replication factor for topics samex creates")
     max_record_bytes: int = Field(1_000_000, ge=1024, description="larger inbound records are dead-lettered")
     batch_max: int = Field(2000, ge=1, description="records per poll on the hot path")
     linger_ms: int = Field(
@@ -54,22 +54,23 @@ class Settings(BaseSettings):
         "batched", description="batched aiokafka loop inside the faust app, or faust's per-event agent")
 
     # Privacy
-    patient_key: SecretStr = SecretStr(DEV_PATIENT_KEY)
+    patient_key: SecretStr = Field(SecretStr(DEV_PATIENT_KEY), description="key of the keyed patient hash "
+                                   "(Kafka keys, trace index); set it in every real deployment")
 
     # Rules
-    rules_dir: Path = Path("rules")
+    rules_dir: Path = Field(Path("rules"), description="rule folder used until a rule set is published")
 
     # Worker web server (/metrics, /status)
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(6066, ge=0, le=65535)
-    worker_id: str = "worker-1"
+    web_host: str = Field("127.0.0.1", description="address of the worker's /metrics and /status")
+    web_port: int = Field(6066, ge=0, le=65535, description="port of the worker's /metrics and /status")
+    worker_id: str = Field("worker-1", description="name of this worker in metrics, logs and decision records")
 
     # Stores
-    state_dir: Path = Path(".samex")
+    state_dir: Path = Field(Path(".samex"), description="local state: faust tables, delivery dedup stores, trace index")
     index_url: str = Field("", description="trace index: sqlite path (default under state_dir) or postgresql:// URL")
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["json", "text"] = Field("json", description="json (one object per line) or text")
 
     def out_topic(self, system: str) -> str:
         return f"{self.out_topic_prefix}{system}"

@@ -32,7 +32,10 @@ BOOTSTRAP = click.option("--bootstrap", envvar="SAMEX_KAFKA_BOOTSTRAP", default=
 @click.option("--worker-id", default=None, help="name of this worker in metrics, logs and decision records")
 def worker(bootstrap: str | None, rules_dir: Path | None, web_port: int | None, worker_id: str | None) -> None:
     """Run a router worker: consume the inbound topic, decide, produce to destination, park,
-    dead-letter and decision topics. Scale by running more workers (one consumer group)."""
+    dead-letter and decision topics. Scale by running more workers (one consumer group).
+
+    Every other setting comes from the environment (SAMEX_...); `samex settings` lists them with
+    their values and meaning."""
     import faust
 
     from router.logs import setup_logging
