@@ -16,6 +16,10 @@ moment). Each latency run sends WARM_SECONDS (10) of traffic first and measures 
 LAT_SECONDS (20) after it: steady state. The figure from the first message is printed too; it
 includes the first writes to each of the ~120 new partitions (the broker creates their segment
 files then) and the worker's own warm-up.
+After each throughput run a "CPU:" line gives, for the router (from its first decision on) and
+for the raw passthrough, the process's CPU per message, its share of a core, and the broker's
+share of a core meanwhile (Linux /proc): it tells a slow run that had a whole core from one that
+waited.
 Last line: {"router_msgs_per_s", "raw_msgs_per_s", "ratio", "p50_ms", "p99_ms", "raw_p50_ms",
 "raw_p99_ms", ..., "broker_log"}, medians of 3 runs.
 
@@ -100,12 +104,44 @@ async def wait_written(bootstrap: str, topic: str, expect: int, timeout: float =
         await asyncio.sleep(0.5)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+#: CPU use of the last router_run, for the line main prints after it: {"router": (...), "raw": (...)},
+#: each (µs of the process's CPU per message, its share of a core, the broker's share of a core)
+LAST_CPU: dict[str, tuple[float, float, float]] = {}
+
+
+def cpu_seconds(pid: int | str) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def broker_pids() -> list[int]:
+    found = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"kafka.Kafka" in (d / "cmdline").read_bytes():
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+def broker_cpu() -> float:
+    """CPU seconds of the local broker (of every broker on the machine, if there are several)."""
+    total = 0.0
+    for pid in broker_pids():
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
 async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
     c = consumer(bootstrap, src, group_id=f"raw-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
     p = raw_producer(bootstrap)
     await c.start()
     await p.start()
     done = 0
+    t0, own0, b0 = time.monotonic(), time.process_time(), broker_cpu()
     try:
         while done < n:
             batch = await c.getmany(timeout_ms=500, max_records=2000)
@@ -116,11 +152,33 @@ async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
             await asyncio.gather(*futs)
             await c.commit()
             done += len(futs)
+        dt = time.monotonic() - t0
+        LAST_CPU["raw"] = ((time.process_time() - own0) / done * 1e6, (time.process_time() - own0) / dt,
+                           (broker_cpu() - b0) / dt)
     finally:
         await c.stop()
         await p.stop()
     count, span = await out_span(bootstrap, [dst], n)
     return count / span
+
+
+async def wait_routed(bootstrap: str, topic: str, expect: int, pid: int, timeout: float = 300) -> None:
+    """wait_written for the router, noting the worker's and the broker's CPU from its first decision
+    to its last (the worker's start-up left out)."""
+    deadline = time.monotonic() + timeout
+    first: tuple[int, float, float, float] | None = None
+    n = 0
+    while time.monotonic() < deadline:
+        n = await records_in(bootstrap, topic)
+        if n and first is None:
+            first = (n, time.monotonic(), cpu_seconds(pid), broker_cpu())
+        if n >= expect:
+            break
+        await asyncio.sleep(0.5)  # as wait_written: each look at the end offsets costs CPU the router needs
+    if first is not None and n > first[0]:
+        dt = time.monotonic() - first[1]
+        w = cpu_seconds(pid) - first[2]
+        LAST_CPU["router"] = (w / (n - first[0]) * 1e6, w / dt, (broker_cpu() - first[3]) / dt)
 
 
 async def router_run(bootstrap: str, values_src: list[dict], run: int,
@@ -139,7 +197,8 @@ async def router_run(bootstrap: str, values_src: list[dict], run: int,
     raw = await raw_passthrough(bootstrap, s.inbound_topic, f"{prefix}raw-out", len(values_src))
     w = WorkerProcess(s, worker_id=f"bench{run}", SAMEX_HOT_PATH=hot_path).start()
     try:
-        await wait_written(bootstrap, s.decisions_topic, len(values_src))
+        assert w.proc is not None
+        await wait_routed(bootstrap, s.decisions_topic, len(values_src), w.proc.pid)
         count, span = await out_span(bootstrap, [s.decisions_topic], len(values_src))
         router = count / span
     finally:
@@ -219,6 +278,16 @@ async def latency_run(bootstrap: str, run: int, raw: bool = False) -> tuple[floa
             statistics.median(everything), everything[int(len(everything) * 0.99)])
 
 
+def print_cpu() -> None:
+    """Where the CPU went in the last router_run: a slow run with the process near a whole core was
+    slower per message; one well under it waited (for the broker, or for a core)."""
+    parts = [f"{name} {us:.1f} µs/msg at {share:.0%} of a core, broker {broker:.0%}"
+             for name, (us, share, broker) in sorted(LAST_CPU.items(), reverse=True)]
+    if parts:
+        print("  CPU: " + "; ".join(parts), flush=True)
+    LAST_CPU.clear()
+
+
 async def main(bootstrap: str) -> None:
     if True:  # the broker is started outside the event loop (LocalKafka waits synchronously)
         values = synth_records(N, seed=99)
@@ -229,6 +298,7 @@ async def main(bootstrap: str) -> None:
             raws.append(raw)
             print(f"run {run + 1}: router {router:,.0f} msg/s, raw passthrough {raw:,.0f} msg/s, "
                   f"ratio {router / raw:.2f}", flush=True)
+            print_cpu()
         faust_agent, raw_f = await router_run(bootstrap, values, 99, hot_path="faust-agent")
         print(f"for comparison, faust agent (take_events) hot path: {faust_agent:,.0f} msg/s, "
               f"raw {raw_f:,.0f} msg/s, ratio {faust_agent / raw_f:.2f}", flush=True)
