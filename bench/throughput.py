@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from aiokafka import TopicPartition  # noqa: E402
 
+from bench.worker_cpu import broker_pids, cpu_seconds  # noqa: E402
 from router.codec import default_codec  # noqa: E402
 from router.kafkaio import consumer, producer, records_in  # noqa: E402
 from router.localkafka import kafka_broker  # noqa: E402
@@ -104,26 +105,9 @@ async def wait_written(bootstrap: str, topic: str, expect: int, timeout: float =
         await asyncio.sleep(0.5)
 
 
-TICK = os.sysconf("SC_CLK_TCK")
 #: CPU use of the last router_run, for the line main prints after it: {"router": (...), "raw": (...)},
 #: each (µs of the process's CPU per message, its share of a core, the broker's share of a core)
 LAST_CPU: dict[str, tuple[float, float, float]] = {}
-
-
-def cpu_seconds(pid: int | str) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
-def broker_pids() -> list[int]:
-    found = []
-    for d in Path("/proc").glob("[0-9]*"):
-        try:
-            if b"kafka.Kafka" in (d / "cmdline").read_bytes():
-                found.append(int(d.name))
-        except OSError:
-            continue
-    return found
 
 
 def broker_cpu() -> float:
@@ -302,6 +286,7 @@ async def main(bootstrap: str) -> None:
         faust_agent, raw_f = await router_run(bootstrap, values, 99, hot_path="faust-agent")
         print(f"for comparison, faust agent (take_events) hot path: {faust_agent:,.0f} msg/s, "
               f"raw {raw_f:,.0f} msg/s, ratio {faust_agent / raw_f:.2f}", flush=True)
+        print_cpu()
         raw50s, raw99s, all99s, rawall99s = [], [], [], []
         for run in range(RUNS):
             p50, p99, _a50, a99 = await latency_run(bootstrap, run)

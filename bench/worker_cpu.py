@@ -45,14 +45,23 @@ def machine() -> tuple[float, float]:
     return sum(v) / TICK, v[3] / TICK  # all, idle
 
 
-def broker_pid() -> int:
+def broker_pids() -> list[int]:
+    """Every Kafka broker process on this machine."""
+    found = []
     for d in Path("/proc").glob("[0-9]*"):
         try:
             if b"kafka.Kafka" in (d / "cmdline").read_bytes():
-                return int(d.name)
+                found.append(int(d.name))
         except OSError:
             continue
-    raise SystemExit("no broker process found")
+    return found
+
+
+def broker_pid() -> int:
+    pids = broker_pids()
+    if not pids:
+        raise SystemExit("no broker process found")
+    return pids[0]
 
 
 async def main(bootstrap: str) -> None:

@@ -184,9 +184,10 @@ class Committer:
                 self.hurry.clear()
 
     async def revoke(self, revoked: set[Any], timeout: float = 5) -> None:
-        """Commit what was offered before partitions move away, then forget offers for them: a
-        late offer for a revoked partition must not be committed if the partition comes back after
-        another worker has moved its committed offset on."""
+        """Commit what was offered before partitions move away. Offers made during the flush are
+        committed with it; what is still waiting after a flush that timed out is dropped for the
+        revoked partitions, so that it cannot move a committed offset back once another worker
+        owns them (their records are then re-processed: duplicates, never a loss)."""
         await self.flush(timeout)
         for tp in revoked:
             self.want.pop(tp, None)
