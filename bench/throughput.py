@@ -19,7 +19,8 @@ files then) and the worker's own warm-up.
 After each throughput run a "CPU:" line gives, for the router (from its first decision on) and
 for the raw passthrough, the process's CPU per message, its share of a core, and the broker's
 share of a core meanwhile (Linux /proc): it tells a slow run that had a whole core from one that
-waited.
+waited. A "batches:" line gives how many inbound batches each side polled and their mean size
+(the worker's from its samex_batch_records histogram).
 Last line: {"router_msgs_per_s", "raw_msgs_per_s", "ratio", "p50_ms", "p99_ms", "raw_p50_ms",
 "raw_p99_ms", ..., "broker_log"}, medians of 3 runs.
 
@@ -108,6 +109,19 @@ async def wait_written(bootstrap: str, topic: str, expect: int, timeout: float =
 #: CPU use of the last router_run, for the line main prints after it: {"router": (...), "raw": (...)},
 #: each (µs of the process's CPU per message, its share of a core, the broker's share of a core)
 LAST_CPU: dict[str, tuple[float, float, float]] = {}
+#: inbound batches of the last router_run: {"router": (batches, mean records), "raw": (...)}
+LAST_BATCHES: dict[str, tuple[int, float]] = {}
+
+
+def batch_stats(metrics_text: str) -> tuple[int, float]:
+    """(batches, mean records per batch) from a worker's samex_batch_records histogram."""
+    values = {}
+    for line in metrics_text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("samex_batch_records_count", "samex_batch_records_sum"):
+            values[name] = float(value)
+    n = int(values.get("samex_batch_records_count", 0))
+    return n, values.get("samex_batch_records_sum", 0.0) / n if n else 0.0
 
 
 def broker_cpu() -> float:
@@ -124,11 +138,12 @@ async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
     p = raw_producer(bootstrap)
     await c.start()
     await p.start()
-    done = 0
+    done = batches = 0
     t0, own0, b0 = time.monotonic(), time.process_time(), broker_cpu()
     try:
         while done < n:
             batch = await c.getmany(timeout_ms=500, max_records=2000)
+            batches += bool(batch)
             futs = []
             for recs in batch.values():
                 for r in recs:
@@ -139,6 +154,7 @@ async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
         dt = time.monotonic() - t0
         LAST_CPU["raw"] = ((time.process_time() - own0) / done * 1e6, (time.process_time() - own0) / dt,
                            (broker_cpu() - b0) / dt)
+        LAST_BATCHES["raw"] = (batches, done / max(batches, 1))
     finally:
         await c.stop()
         await p.stop()
@@ -183,6 +199,8 @@ async def router_run(bootstrap: str, values_src: list[dict], run: int,
     try:
         assert w.proc is not None
         await wait_routed(bootstrap, s.decisions_topic, len(values_src), w.proc.pid)
+        with contextlib.suppress(OSError):
+            LAST_BATCHES["router"] = batch_stats(w.get("/metrics").decode())
         count, span = await out_span(bootstrap, [s.decisions_topic], len(values_src))
         router = count / span
     finally:
@@ -269,7 +287,12 @@ def print_cpu() -> None:
              for name, (us, share, broker) in sorted(LAST_CPU.items(), reverse=True)]
     if parts:
         print("  CPU: " + "; ".join(parts), flush=True)
+    batches = [f"{name} {n:,} of {mean:,.0f} records on average"
+               for name, (n, mean) in sorted(LAST_BATCHES.items(), reverse=True)]
+    if batches:
+        print("  batches: " + "; ".join(batches), flush=True)
     LAST_CPU.clear()
+    LAST_BATCHES.clear()
 
 
 async def main(bootstrap: str) -> None:

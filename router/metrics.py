@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from router.decision import ETAPP_STATES
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 1500, 2000, 5000)
 DECISION_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2)
 
 prometheus_client.disable_created_metrics()  # no *_created series: less noise for operators
@@ -36,6 +37,10 @@ class WorkerMetrics:
         self.end_to_end_seconds = Histogram("samex_end_to_end_seconds",
                                             "From the envelope's received time to routed (acknowledged)",
                                             buckets=LATENCY_BUCKETS, registry=r)
+        # records per poll: a busy worker should see full batches (SAMEX_BATCH_MAX); many small ones
+        # under load mean the fetch, not the routing, sets the pace (and cost more CPU per message)
+        self.batch_records = Histogram("samex_batch_records", "Inbound records per batch on the hot path",
+                                       buckets=BATCH_BUCKETS, registry=r)
         self.rules_info = Gauge("samex_rules_info", "Active rule-set version (1 = active)", ["version"],
                                 registry=r)
         self.rules_refused = Counter("samex_rules_refused", "Rule sets refused at load", ["reason"], registry=r)

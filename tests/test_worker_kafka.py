@@ -100,7 +100,8 @@ async def test_routing_dead_letters_decisions_order_and_metrics(kafka_bootstrap,
         text = w.get("/metrics").decode()
         for name in ("samex_messages_in_total", "samex_routed_total", "samex_dead_letters_total",
                      "samex_decision_seconds_bucket", "samex_end_to_end_seconds_bucket", "samex_rules_info",
-                     "samex_consumer_lag", "samex_last_message_timestamp_seconds", "samex_etapp_state"):
+                     "samex_consumer_lag", "samex_last_message_timestamp_seconds", "samex_etapp_state",
+                     "samex_batch_records_bucket"):
             assert name in text, name
         assert 'samex_dead_letters_total{reason="undecodable",stage="router"} 1.0' in text
         assert f'samex_rules_info{{version="{ENGINE.version}"}} 1.0' in text

@@ -125,6 +125,7 @@ class WorkerRuntime:
                      [(k, bytes(v)) for k, v in (e.message.headers or ())], e.message.timestamp)
             for e in events
         ]
+        self.metrics.batch_records.observe(len(records))
         result = self.core.process(records)
         await self.send_all(result.outputs)
         self.core.ack_parks(result)

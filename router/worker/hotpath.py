@@ -72,6 +72,7 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
     # producer, and its offsets are offered for commit only once every output is acknowledged.
     # Batches complete and commit strictly in order.
     pending: tuple[list[Any], dict[Any, int], Any, list[Any]] | None = None
+    batch_records = runtime.metrics.batch_records
     committer.start()
     try:
         while not stop.is_set():
@@ -83,6 +84,7 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
                 # aiokafka's records as they are: they have every field RouterCore reads (topic,
                 # partition, offset, key, value); an InRecord copy of each was 2 % of the worker's time
                 records = [m for msgs in batch.values() for m in msgs]
+                batch_records.observe(len(records))
                 result = runtime.core.process(records)
                 futures = await sender.enqueue(result.outputs)
             if pending is not None:
