@@ -303,7 +303,8 @@ def run_stack(settings: Settings, workers: int, rate: float, duration: float | N
         env = child_env(settings)
         for c in children:
             c.start(env, log_dir)
-            echo(f"started {c.name} pid {c.proc.pid if c.proc else '?'}")
+            where = f", metrics http://127.0.0.1:{c.metrics_port}/metrics" if c.metrics_port else ""
+            echo(f"started {c.name} pid {c.proc.pid if c.proc else '?'}{where}")
         echo(f"broker {bootstrap}; logs in {log_dir}; Ctrl-C stops everything")
         echo(f"other samex commands against this stack: export SAMEX_KAFKA_BOOTSTRAP={bootstrap} "
              f"SAMEX_STATE_DIR={settings.state_dir}")

@@ -35,6 +35,8 @@ async def test_samex_run_routes_and_stops_cleanly(kafka_bootstrap, topic_prefix,
     assert delivered > 0.8 * routed, summary[-1]  # the connectors delivered to the simulated systems
     pids = [int(p) for p in re.findall(r"started \S+ pid (\d+)", out.stdout)]
     assert len(pids) == len(logs), out.stdout
+    # where each worker's /metrics is, also when stdout is not a terminal (no live table)
+    assert len(re.findall(r"started worker-\d pid \d+, metrics http://127\.0\.0\.1:\d+/metrics", out.stdout)) == 2
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid
     # the index feeder ran with the stack: a decided message is in the trace index without a sync
