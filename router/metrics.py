@@ -37,8 +37,8 @@ class WorkerMetrics:
         self.end_to_end_seconds = Histogram("samex_end_to_end_seconds",
                                             "From the envelope's received time to routed (acknowledged)",
                                             buckets=LATENCY_BUCKETS, registry=r)
-        # records per poll: a busy worker should see full batches (SAMEX_BATCH_MAX); many small ones
-        # under load mean the fetch, not the routing, sets the pace (and cost more CPU per message)
+        # records per poll: a worker that keeps up sees small batches; one that is behind should see
+        # full ones (SAMEX_BATCH_MAX). Small batches under lag mean the fetch, not the routing, sets the pace.
         self.batch_records = Histogram("samex_batch_records", "Inbound records per batch on the hot path",
                                        buckets=BATCH_BUCKETS, registry=r)
         self.rules_info = Gauge("samex_rules_info", "Active rule-set version (1 = active)", ["version"],

@@ -105,6 +105,8 @@ async def test_routing_dead_letters_decisions_order_and_metrics(kafka_bootstrap,
             assert name in text, name
         assert 'samex_dead_letters_total{reason="undecodable",stage="router"} 1.0' in text
         assert f'samex_rules_info{{version="{ENGINE.version}"}} 1.0' in text
+        # one worker, no restart: every inbound record was in exactly one batch
+        assert f"samex_batch_records_sum {float(total)}" in text, [x for x in text.splitlines() if "batch" in x]
         status = w.get("/status").decode()
         assert "etapp-1-sodra-pd1" in status and ENGINE.version in status
         assert w.proc.poll() is None  # bad input never stops the worker
