@@ -97,15 +97,6 @@ def raw_producer(bootstrap: str) -> Any:
     return producer(bootstrap, linger_ms=load_settings().linger_ms)
 
 
-async def wait_written(bootstrap: str, topic: str, expect: int, timeout: float = 300) -> None:
-    """Wait until ``topic`` holds ``expect`` records, from its end offsets only (no records read):
-    the router's output is read after it finished, as the raw passthrough's is, so that no reader
-    competes with it for the CPU while it runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and await records_in(bootstrap, topic) < expect:
-        await asyncio.sleep(0.5)
-
-
 #: CPU use of the last router_run, for the line main prints after it: {"router": (...), "raw": (...)},
 #: each (µs of the process's CPU per message, its share of a core, the broker's share of a core)
 LAST_CPU: dict[str, tuple[float, float, float]] = {}
@@ -163,7 +154,9 @@ async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int) -> float:
 
 
 async def wait_routed(bootstrap: str, topic: str, expect: int, pid: int, timeout: float = 300) -> None:
-    """wait_written for the router, noting the worker's and the broker's CPU from its first decision
+    """Wait until ``topic`` holds ``expect`` records, from its end offsets only (no records read: the
+    router's output is read after it finished, as the raw passthrough's is, so that no reader
+    competes with it for the CPU), noting the worker's and the broker's CPU from its first decision
     to its last (the worker's start-up left out)."""
     deadline = time.monotonic() + timeout
     first: tuple[int, float, float, float] | None = None
@@ -174,7 +167,7 @@ async def wait_routed(bootstrap: str, topic: str, expect: int, pid: int, timeout
             first = (n, time.monotonic(), cpu_seconds(pid), broker_cpu())
         if n >= expect:
             break
-        await asyncio.sleep(0.5)  # as wait_written: each look at the end offsets costs CPU the router needs
+        await asyncio.sleep(0.5)  # each look at the end offsets costs CPU the router needs
     if first is not None and n > first[0]:
         dt = time.monotonic() - first[1]
         w = cpu_seconds(pid) - first[2]

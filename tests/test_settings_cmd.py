@@ -8,7 +8,7 @@ import json
 from click.testing import CliRunner
 
 from router.cli import cli
-from router.settings import Settings
+from router.settings import DEV_PATIENT_KEY, Settings
 
 FAKE_KEY = "test-key-not-a-real-secret-0123456789"  # a test value, clearly not a deployment's key
 
@@ -41,7 +41,7 @@ def test_the_patient_key_is_never_printed() -> None:
     for args in ((), ("--json",), ("--changed",)):
         r = run(*args, SAMEX_PATIENT_KEY=FAKE_KEY)
         assert r.exit_code == 0, r.output
-        assert FAKE_KEY not in r.output and "samex-dev-patient-key" not in r.output
+        assert FAKE_KEY not in r.output and DEV_PATIENT_KEY not in r.output
         assert "SAMEX_PATIENT_KEY" in r.output and "(set)" in r.output
     assert "SAMEX_PATIENT_KEY=(the development key)" in run().output
 
