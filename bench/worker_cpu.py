@@ -8,6 +8,9 @@ compared in alternating runs:
 
     for t in 0 50000 0 50000; do SAMEX_GC_YOUNG_THRESHOLD=$t python bench/worker_cpu.py; done
 
+SAMEX_BENCH_N sets the number of envelopes (250,000), SAMEX_BENCH_PATIENTS the distinct patients
+among them (500; each patient is one Kafka key).
+
 Last line: {"msgs_per_s", "worker_us_per_msg", "worker_core_share", "broker_us_per_msg"}. Linux only.
 """
 
@@ -31,6 +34,8 @@ from router.topics import ensure_router_topics  # noqa: E402
 from tests.kafka_helpers import WorkerProcess, produce_records, synth_records, topic_settings  # noqa: E402
 
 N = int(os.environ.get("SAMEX_BENCH_N", "250000"))
+# distinct patients in the traffic: each is one Kafka key, and the worker partitions by key
+PATIENTS = int(os.environ.get("SAMEX_BENCH_PATIENTS", "500"))
 WARM, SPAN = 6.0, 8.0
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -68,7 +73,7 @@ async def main(bootstrap: str) -> None:
     s = topic_settings(bootstrap, f"cpu{int(time.time())}.")
     eng = Engine(load_rules(REPO / "rules"))
     await ensure_router_topics(s, eng.systems, eng.golive_ms)
-    await produce_records(bootstrap, s.inbound_topic, synth_records(N, seed=5))
+    await produce_records(bootstrap, s.inbound_topic, synth_records(N, seed=5, patients=PATIENTS))
     kafka = broker_pid()
     w = WorkerProcess(s, worker_id="cpu").start()
     try:

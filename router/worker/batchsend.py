@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 
+from router.partitioning import key_partition
 from router.worker.core import OutRecord
 
 _CACHE_MAX = 200_000
@@ -51,7 +51,7 @@ class BatchSender:
         cache_key = (key, n)
         p = self._key_partition.get(cache_key)
         if p is None:
-            p = (murmur2(key) & 0x7FFFFFFF) % n  # the Java client's default partitioner
+            p = key_partition(key, n)  # the Java client's default partitioner
             if len(self._key_partition) > _CACHE_MAX:
                 self._key_partition.clear()
             self._key_partition[cache_key] = p

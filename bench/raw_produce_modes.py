@@ -1,0 +1,95 @@
+"""How fast aiokafka produces a consume -> produce passthrough, three ways (not a test).
+
+On the real local broker, for the same 60,000 envelopes, each way in its own process (as the
+worker is one), in rounds with the order rotating:
+
+  send       one ``send()`` per record, aiokafka's default partitioner (murmur2 of the key)
+  send_part  one ``send()`` per record with the input record's partition given (no hashing)
+  batch      aiokafka's batch API (``create_batch`` / ``send_batch``), as the worker produces and as
+             bench/throughput.py's raw passthrough does
+
+Throughput = records / (last output timestamp - first); CPU = the process's own CPU per message.
+Until 2026-11-30 bench/throughput.py's passthrough used ``send``; this shows how far that was from
+the limit of the client. Last line: one JSON object with the medians.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.throughput import consumer, out_span, raw_producer, send_batched  # noqa: E402
+from router.localkafka import kafka_broker  # noqa: E402
+from router.topics import ensure_topics  # noqa: E402
+from tests.kafka_helpers import produce_records, synth_records  # noqa: E402
+
+N, ROUNDS = 60_000, 3
+MODES = ("send", "send_part", "batch")
+
+
+async def passthrough(bootstrap: str, src: str, dst: str, n: int, mode: str) -> float:
+    """Pass ``n`` records of ``src`` to ``dst`` a batch at a time; returns µs of CPU per message."""
+    c = consumer(bootstrap, src, group_id=f"modes-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
+    p = raw_producer(bootstrap)
+    await c.start()
+    await p.start()
+    done, own0 = 0, time.process_time()
+    try:
+        while done < n:
+            batch = await c.getmany(timeout_ms=500, max_records=2000)
+            if mode == "batch":
+                futs = await send_batched(p, dst, batch)
+            elif mode == "send_part":
+                futs = [await p.send(dst, r.value, key=r.key, headers=r.headers, partition=tp.partition)
+                        for tp, rs in batch.items() for r in rs]
+            else:
+                futs = [await p.send(dst, r.value, key=r.key, headers=r.headers) for rs in batch.values() for r in rs]
+            await asyncio.gather(*futs)
+            await c.commit()
+            done += sum(len(rs) for rs in batch.values())
+        return (time.process_time() - own0) / done * 1e6
+    finally:
+        await c.stop()
+        await p.stop()
+
+
+async def main(bootstrap: str) -> None:
+    values = synth_records(N, seed=99)
+    res: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+    for rnd in range(ROUNDS):
+        src = f"modes{rnd}{uuid.uuid4().hex[:4]}.in"
+        await ensure_topics(bootstrap, [src], partitions=6)
+        await produce_records(bootstrap, src, values)
+        for mode in MODES[rnd % 3:] + MODES[:rnd % 3]:
+            dst = f"{src}.{mode}"
+            await ensure_topics(bootstrap, [dst], partitions=6)
+            out = subprocess.run([sys.executable, __file__, "--child", bootstrap, src, dst, str(N), mode],
+                                 capture_output=True, check=True, cwd=REPO, timeout=600)
+            us = float(out.stdout.decode().splitlines()[-1])
+            count, span = await out_span(bootstrap, [dst], N)
+            res[mode].append((count / span, us))
+            print(f"round {rnd + 1} {mode}: {count / span:,.0f} msg/s, {us:.1f} µs of CPU per message", flush=True)
+    summary = {}
+    for mode, v in res.items():
+        rate, us = statistics.median(x for x, _ in v), statistics.median(u for _, u in v)
+        print(f"{mode}: median {rate:,.0f} msg/s, {us:.1f} µs per message")
+        summary[f"{mode}_msgs_per_s"], summary[f"{mode}_us_per_msg"] = round(rate), round(us, 1)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        boot, src, dst, n, mode = sys.argv[2:7]
+        print(asyncio.run(passthrough(boot, src, dst, int(n), mode)), flush=True)
+        sys.exit(0)
+    with kafka_broker(None) as broker:
+        asyncio.run(main(broker))
