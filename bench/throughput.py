@@ -6,8 +6,9 @@ In the same run, for the same messages:
             linger included), run as its own process as the worker is: the limit of this
             client stack on this machine. Until 2026-11-30
             this passthrough produced with one send() per record, which is about 4x slower in
-            this client; that figure is still printed ("raw with send() per record") and given
-            in the last line as raw_send_msgs_per_s / ratio_to_raw_send;
+            this client (half of that is aiokafka's Python murmur2 partitioner); that one still
+            runs, now also in its own process, and is printed ("raw with send() per record")
+            and given in the last line as raw_send_msgs_per_s / ratio_to_raw_send;
   * router: one `samex worker` process (the batched hot path in the faust app: decode, decide,
             produce to destination and decision topics with acks=all, commit).
 Throughput = records / (last output timestamp - first output timestamp), so start-up and
@@ -130,7 +131,7 @@ def broker_cpu() -> float:
 
 async def send_batched(p: Any, dst: str, batch: dict[Any, list[Any]]) -> list[Any]:
     """Produce a ``getmany`` batch to ``dst`` through aiokafka's batch API (``create_batch`` /
-    ``send_batch``), each record to its own partition number: both topics have 6 partitions and
+    ``send_batch``), each record to its own partition number: both topics have as many partitions and
     are partitioned by key alike, so that is the key's partition without hashing it again (aiokafka's
     murmur2 is Python; the worker keeps it per key). The fastest way this client produces. Returns
     the futures of the batches' acknowledgements."""
@@ -142,9 +143,17 @@ async def send_batched(p: Any, dst: str, batch: dict[Any, list[Any]]) -> list[An
             if b.append(key=r.key, value=r.value, timestamp=None, headers=list(r.headers)) is None:
                 futs.append(await p.send_batch(b, dst, partition=tp.partition))
                 b = p.create_batch()
-                b.append(key=r.key, value=r.value, timestamp=None, headers=list(r.headers))
+                if b.append(key=r.key, value=r.value, timestamp=None, headers=list(r.headers)) is None:
+                    raise ValueError(f"a record for {dst} is larger than the producer's batch size")
         futs.append(await p.send_batch(b, dst, partition=tp.partition))
     return futs
+
+
+async def same_partition_count(p: Any, src: str, dst: str) -> None:
+    """``send_batched`` keeps each record's partition: that is the key's partition only when both
+    topics have as many partitions."""
+    if len(await p.partitions_for(dst)) != len(await p.partitions_for(src)):
+        raise RuntimeError(f"{dst} and {src} need the same number of partitions")
 
 
 async def passthrough(bootstrap: str, src: str, dst: str, n: int, batched: bool) -> dict[str, float]:
@@ -157,8 +166,7 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, batched: bool)
     p = raw_producer(bootstrap)
     await c.start()
     await p.start()
-    if len(await p.partitions_for(dst)) != len(await p.partitions_for(src)):
-        raise RuntimeError(f"{dst} and {src} need the same number of partitions")
+    await same_partition_count(p, src, dst)
     done = batches = 0
     t0, own0, b0 = time.monotonic(), time.process_time(), broker_cpu()
     try:
@@ -189,7 +197,12 @@ async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int, batched: b
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--raw-run", bootstrap, src, dst, str(n), "batch" if batched else "send",
         stdout=asyncio.subprocess.PIPE, cwd=REPO)
-    out, _err = await asyncio.wait_for(proc.communicate(), 600)
+    try:
+        out, _err = await asyncio.wait_for(proc.communicate(), 600)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
     if proc.returncode != 0:
         raise RuntimeError(f"the {name} passthrough exited with {proc.returncode}")
     stats = json.loads(out.decode().splitlines()[-1])
@@ -233,7 +246,8 @@ async def router_run(bootstrap: str, values_src: list[dict], run: int,
     await ensure_router_topics(s, eng.systems, eng.golive_ms)
     await produce_records(bootstrap, s.inbound_topic, values_src)
     # raw passthrough of the very same input records
-    await ensure_topics(bootstrap, [f"{prefix}raw-out", f"{prefix}raw-send-out"], partitions=6)
+    # as many partitions as the inbound topic: the batch passthrough keeps each record's partition
+    await ensure_topics(bootstrap, [f"{prefix}raw-out", f"{prefix}raw-send-out"], partitions=s.partitions)
     raw = await raw_passthrough(bootstrap, s.inbound_topic, f"{prefix}raw-out", len(values_src))
     raw_send = await raw_passthrough(bootstrap, s.inbound_topic, f"{prefix}raw-send-out", len(values_src),
                                      batched=False)
@@ -257,6 +271,7 @@ async def raw_pass_forever(bootstrap: str, src: str, dst: str) -> None:
     p = raw_producer(bootstrap)
     await c.start()
     await p.start()
+    await same_partition_count(p, src, dst)
     print("ready", flush=True)
     while True:
         batch = await c.getmany(timeout_ms=100, max_records=2000)
@@ -280,7 +295,7 @@ async def latency_run(bootstrap: str, run: int, raw: bool = False) -> tuple[floa
     await ensure_router_topics(s, eng.systems, eng.golive_ms)
     if raw:
         out_topics = [f"{prefix}raw-out"]
-        await ensure_topics(bootstrap, out_topics, partitions=6)
+        await ensure_topics(bootstrap, out_topics, partitions=s.partitions)
         proc = subprocess.Popen([sys.executable, __file__, "--raw-pass", bootstrap, s.inbound_topic, out_topics[0]],
                                 stdout=subprocess.PIPE, cwd=REPO)
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
