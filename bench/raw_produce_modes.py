@@ -20,46 +20,19 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.throughput import consumer, out_span, raw_producer, send_batched  # noqa: E402
+from bench.throughput import out_span  # noqa: E402
 from router.localkafka import kafka_broker  # noqa: E402
 from router.topics import ensure_topics  # noqa: E402
 from tests.kafka_helpers import produce_records, synth_records  # noqa: E402
 
 N, ROUNDS = 60_000, 3
-MODES = ("send", "send_part", "batch")
-
-
-async def passthrough(bootstrap: str, src: str, dst: str, n: int, mode: str) -> float:
-    """Pass ``n`` records of ``src`` to ``dst`` a batch at a time; returns µs of CPU per message."""
-    c = consumer(bootstrap, src, group_id=f"modes-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
-    p = raw_producer(bootstrap)
-    await c.start()
-    await p.start()
-    done, own0 = 0, time.process_time()
-    try:
-        while done < n:
-            batch = await c.getmany(timeout_ms=500, max_records=2000)
-            if mode == "batch":
-                futs = await send_batched(p, dst, batch)
-            elif mode == "send_part":
-                futs = [await p.send(dst, r.value, key=r.key, headers=r.headers, partition=tp.partition)
-                        for tp, rs in batch.items() for r in rs]
-            else:
-                futs = [await p.send(dst, r.value, key=r.key, headers=r.headers) for rs in batch.values() for r in rs]
-            await asyncio.gather(*futs)
-            await c.commit()
-            done += sum(len(rs) for rs in batch.values())
-        return (time.process_time() - own0) / done * 1e6
-    finally:
-        await c.stop()
-        await p.stop()
+MODES = ("send", "send_part", "batch")  # bench/throughput.py's PASS_MODES, in rotation order
 
 
 async def main(bootstrap: str) -> None:
@@ -72,9 +45,10 @@ async def main(bootstrap: str) -> None:
         for mode in MODES[rnd % 3:] + MODES[:rnd % 3]:
             dst = f"{src}.{mode}"
             await ensure_topics(bootstrap, [dst], partitions=6)
-            out = subprocess.run([sys.executable, __file__, "--child", bootstrap, src, dst, str(N), mode],
-                                 capture_output=True, check=True, cwd=REPO, timeout=600)
-            us = float(out.stdout.decode().splitlines()[-1])
+            # bench/throughput.py's passthrough, as its own process
+            out = subprocess.run([sys.executable, str(REPO / "bench" / "throughput.py"), "--raw-run", bootstrap, src,
+                                  dst, str(N), mode], capture_output=True, check=True, cwd=REPO, timeout=600)
+            us = json.loads(out.stdout.decode().splitlines()[-1])["us_per_msg"]
             count, span = await out_span(bootstrap, [dst], N)
             res[mode].append((count / span, us))
             print(f"round {rnd + 1} {mode}: {count / span:,.0f} msg/s, {us:.1f} µs of CPU per message", flush=True)
@@ -87,9 +61,5 @@ async def main(bootstrap: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        boot, src, dst, n, mode = sys.argv[2:7]
-        print(asyncio.run(passthrough(boot, src, dst, int(n), mode)), flush=True)
-        sys.exit(0)
     with kafka_broker(None) as broker:
         asyncio.run(main(broker))

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.throughput import consumer, out_span, raw_producer, same_partition_count, send_batched  # noqa: E402
+from bench.throughput import out_span, passthrough  # noqa: E402
 from router.kafkaio import records_in  # noqa: E402
 from router.localkafka import kafka_broker  # noqa: E402
 from router.rules.engine import Engine  # noqa: E402
@@ -31,24 +31,6 @@ from router.topics import ensure_router_topics, ensure_topics  # noqa: E402
 from tests.kafka_helpers import WorkerProcess, produce_records, synth_records, topic_settings  # noqa: E402
 
 N, ROUNDS, SETTLE_S = 60_000, 3, 8.0
-
-
-async def copy_all(bootstrap: str, src: str, dst: str, n: int) -> None:
-    """Copy ``n`` records of ``src`` to ``dst`` through the batch API, keeping partitions."""
-    c = consumer(bootstrap, src, group_id=f"copy-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
-    p = raw_producer(bootstrap)
-    await c.start()
-    await p.start()
-    try:
-        await same_partition_count(p, src, dst)
-        done = 0
-        while done < n:
-            batch = await c.getmany(timeout_ms=500, max_records=5000)
-            await asyncio.gather(*await send_batched(p, dst, batch))
-            done += sum(len(rs) for rs in batch.values())
-    finally:
-        await c.stop()
-        await p.stop()
 
 
 def messages_in(metrics: str) -> float:
@@ -66,7 +48,7 @@ async def run(bootstrap: str, source: str, k: int, rnd: int) -> tuple[float, lis
         for w in workers:
             w.wait_ready()
         await asyncio.sleep(SETTLE_S)  # the group's assignment settles before any input arrives
-        await copy_all(bootstrap, source, s.inbound_topic, N)
+        await passthrough(bootstrap, source, s.inbound_topic, N, "batch")  # the input, at ~150,000 msg/s
         deadline = time.monotonic() + 300
         while await records_in(bootstrap, s.decisions_topic) < N and time.monotonic() < deadline:
             await asyncio.sleep(0.5)

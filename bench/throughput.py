@@ -156,12 +156,18 @@ async def same_partition_count(p: Any, src: str, dst: str) -> None:
         raise RuntimeError(f"{dst} and {src} need the same number of partitions")
 
 
-async def passthrough(bootstrap: str, src: str, dst: str, n: int, batched: bool) -> dict[str, float]:
+#: how a passthrough produces: "batch" = aiokafka's batch API, as the worker produces (the limit of
+#: this client stack); "send" = one ``send()`` per record with aiokafka's partitioner, as most aiokafka
+#: applications produce; "send_part" = one ``send()`` per record with the input's partition given
+PASS_MODES = ("batch", "send", "send_part")
+
+
+async def passthrough(bootstrap: str, src: str, dst: str, n: int, mode: str = "batch") -> dict[str, float]:
     """Consume ``n`` records of ``src`` and produce each to ``dst`` (acks=all, idempotent, the
-    worker's linger), a batch at a time: wait for every acknowledgement, then commit.
-    ``batched``: aiokafka's batch API, as the worker produces (the limit of this client stack);
-    otherwise one ``send()`` per record, as most aiokafka applications produce. Returns its CPU
-    use and inbound batches."""
+    worker's linger) as ``mode`` says (PASS_MODES), a batch at a time: wait for every
+    acknowledgement, then commit. Returns its CPU use and inbound batches."""
+    if mode not in PASS_MODES:
+        raise ValueError(f"unknown passthrough mode {mode!r}")
     c = consumer(bootstrap, src, group_id=f"raw-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
     p = raw_producer(bootstrap)
     await c.start()
@@ -173,14 +179,16 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, batched: bool)
         while done < n:
             batch = await c.getmany(timeout_ms=500, max_records=2000)
             batches += bool(batch)
-            records = [r for recs in batch.values() for r in recs]
-            if batched:
+            if mode == "batch":
                 futs = await send_batched(p, dst, batch)
+            elif mode == "send_part":
+                futs = [await p.send(dst, r.value, key=r.key, headers=r.headers, partition=tp.partition)
+                        for tp, rs in batch.items() for r in rs]
             else:
-                futs = [await p.send(dst, r.value, key=r.key, headers=r.headers) for r in records]
+                futs = [await p.send(dst, r.value, key=r.key, headers=r.headers) for rs in batch.values() for r in rs]
             await asyncio.gather(*futs)
             await c.commit()
-            done += len(records)
+            done += sum(len(rs) for rs in batch.values())
         dt, own = time.monotonic() - t0, time.process_time() - own0
         return {"us_per_msg": own / done * 1e6, "core_share": own / dt, "broker_share": (broker_cpu() - b0) / dt,
                 "batches": batches, "mean_batch": done / max(batches, 1)}
@@ -414,7 +422,7 @@ def broker_runs_dir(args: list[str]) -> tuple[Path | None, str]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--raw-run"]:
         boot, src, dst, n, mode = sys.argv[2:7]
-        print(json.dumps(asyncio.run(passthrough(boot, src, dst, int(n), mode == "batch"))), flush=True)
+        print(json.dumps(asyncio.run(passthrough(boot, src, dst, int(n), mode))), flush=True)
         sys.exit(0)
     if sys.argv[1:2] == ["--raw-pass"]:
         with contextlib.suppress(KeyboardInterrupt):
