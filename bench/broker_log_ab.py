@@ -32,7 +32,7 @@ async def main(brokers: dict[str, str]) -> None:
     ratios: dict[str, list[float]] = {name: [] for name in brokers}
     for rnd in range(ROUNDS):
         for name, bootstrap in brokers.items():
-            router, raw = await throughput.router_run(bootstrap, values, rnd)
+            router, raw, *_others = await throughput.router_run(bootstrap, values, rnd)
             ratios[name].append(router / raw)
             print(f"round {rnd + 1}, broker log on {name}: router {router:,.0f} msg/s, raw {raw:,.0f} msg/s, "
                   f"ratio {router / raw:.3f}", flush=True)

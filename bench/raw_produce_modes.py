@@ -7,6 +7,10 @@ worker is one), in rounds with the order rotating:
   send_part  one ``send()`` per record with the input record's partition given (no hashing)
   batch      aiokafka's batch API (``create_batch`` / ``send_batch``), as the worker produces and as
              bench/throughput.py's raw passthrough does
+  spec       the batch API writing what issue 4 asks of any router per routed message: the message
+             with the five samex headers to its destination, and a decision-record-sized record to
+             a decision log (bench/throughput.py, ``send_batched_spec``); the ceiling of a router
+             that meets the issue, without decoding or deciding anything
 
 Throughput = records / (last output timestamp - first); CPU = the process's own CPU per message.
 Until 2026-11-30 bench/throughput.py's passthrough used ``send``; this shows how far that was from
@@ -26,13 +30,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.throughput import out_span  # noqa: E402
+from bench.throughput import out_span, spec_topics  # noqa: E402
 from router.localkafka import kafka_broker  # noqa: E402
 from router.topics import ensure_topics  # noqa: E402
 from tests.kafka_helpers import produce_records, synth_records  # noqa: E402
 
-N, ROUNDS = 60_000, 3
-MODES = ("send", "send_part", "batch")  # bench/throughput.py's PASS_MODES, in rotation order
+N, ROUNDS = 60_000, 4
+MODES = ("send", "send_part", "batch", "spec")  # bench/throughput.py's PASS_MODES, in rotation order
 
 
 async def main(bootstrap: str) -> None:
@@ -42,9 +46,9 @@ async def main(bootstrap: str) -> None:
         src = f"modes{rnd}{uuid.uuid4().hex[:4]}.in"
         await ensure_topics(bootstrap, [src], partitions=6)
         await produce_records(bootstrap, src, values)
-        for mode in MODES[rnd % 3:] + MODES[:rnd % 3]:
+        for mode in MODES[rnd % len(MODES):] + MODES[:rnd % len(MODES)]:
             dst = f"{src}.{mode}"
-            await ensure_topics(bootstrap, [dst], partitions=6)
+            await ensure_topics(bootstrap, spec_topics(dst) if mode == "spec" else [dst], partitions=6)
             # bench/throughput.py's passthrough, as its own process
             out = subprocess.run([sys.executable, str(REPO / "bench" / "throughput.py"), "--raw-run", bootstrap, src,
                                   dst, str(N), mode], capture_output=True, check=True, cwd=REPO, timeout=600)

@@ -58,7 +58,7 @@ def describe(name: str, ts: list[int]) -> str:
 async def main(bootstrap: str, runs: int) -> None:
     values = bench.synth_records(bench.N, seed=99)
     for run in range(runs):
-        router, raw = await bench.router_run(bootstrap, values, run)
+        router, raw, *_others = await bench.router_run(bootstrap, values, run)
         print(f"run {run + 1}: router {router:,.0f} msg/s, raw {raw:,.0f} msg/s, ratio {router / raw:.3f}", flush=True)
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()

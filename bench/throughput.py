@@ -9,6 +9,11 @@ In the same run, for the same messages:
             this client (half of that is aiokafka's Python murmur2 partitioner); that one still
             runs, now also in its own process, and is printed ("raw with send() per record")
             and given in the last line as raw_send_msgs_per_s / ratio_to_raw_send;
+  * spec:   the batch passthrough writing what issue 4 asks of any router per routed message and
+            nothing more (the message with the five samex headers, and a decision-record-sized
+            record to a decision log), decoding and deciding nothing: the ceiling of a router that
+            meets the issue here (printed as "spec passthrough", and in the last line as
+            raw_spec_msgs_per_s, spec_ratio = spec / raw, ratio_to_raw_spec = router / spec);
   * router: one `samex worker` process (the batched hot path in the faust app: decode, decide,
             produce to destination and decision topics with acks=all, commit).
 Throughput = records / (last output timestamp - first output timestamp), so start-up and
@@ -27,7 +32,8 @@ share of a core meanwhile (Linux /proc): it tells a slow run that had a whole co
 waited. A "batches:" line gives how many inbound batches each side polled and their mean size
 (the worker's from its samex_batch_records histogram).
 Last line: {"router_msgs_per_s", "raw_msgs_per_s", "ratio", "raw_send_msgs_per_s", "ratio_to_raw_send",
-"p50_ms", "p99_ms", "raw_p50_ms", "raw_p99_ms", ..., "broker_log"}, medians of 3 runs.
+"raw_spec_msgs_per_s", "spec_ratio", "ratio_to_raw_spec", "p50_ms", "p99_ms", "raw_p50_ms", "raw_p99_ms", ...,
+"broker_log"}, medians of 3 runs.
 
 The broker's log is on disk (.kafka/runs), as in the tests and `make run`. `--broker-tmpfs` puts it
 in /dev/shm instead, to take this VM's disk out of the comparison (README, "Throughput": in 4
@@ -158,8 +164,45 @@ async def same_partition_count(p: Any, src: str, dst: str) -> None:
 
 #: how a passthrough produces: "batch" = aiokafka's batch API, as the worker produces (the limit of
 #: this client stack); "send" = one ``send()`` per record with aiokafka's partitioner, as most aiokafka
-#: applications produce; "send_part" = one ``send()`` per record with the input's partition given
-PASS_MODES = ("batch", "send", "send_part")
+#: applications produce; "send_part" = one ``send()`` per record with the input's partition given;
+#: "spec" = the batch API writing what issue 4 asks of any router for each routed message, and no
+#: more: the message with the five samex headers to ``dst``, and a decision-record-sized record to
+#: ``dst.log`` (``spec_topics``). No decoding, no deciding: the ceiling of a router that meets the
+#: issue on this client stack.
+PASS_MODES = ("batch", "send", "send_part", "spec")
+#: The spec passthrough's headers: the router's five (samex-message-id, -rule, -rules-version, -etapp,
+#: -trace-id) with the median byte lengths of the router's on the benchmark's traffic (167 bytes in all).
+SPEC_HEADERS = [("samex-message-id", b"m" * 36), ("samex-rule", b"r" * 16), ("samex-rules-version", b"v" * 12),
+                ("samex-etapp", b"e" * 17), ("samex-trace-id", b"t" * 16)]
+#: The median size of the router's decision records on the benchmark's traffic (437 bytes; 452 for
+#: the envelopes), measured with RouterCore on synth_records(20_000, seed=99).
+SPEC_DECISION_BYTES = 437
+
+
+def spec_topics(dst: str) -> list[str]:
+    """The topics the spec passthrough writes: the destination and its decision log."""
+    return [dst, f"{dst}.log"]
+
+
+async def send_batched_spec(p: Any, dst: str, batch: dict[Any, list[Any]]) -> list[Any]:
+    """``send_batched`` for the spec passthrough: per input record, the record with SPEC_HEADERS to
+    ``dst`` and a SPEC_DECISION_BYTES record (the head of its value, a stand-in for the decision
+    record) to ``dst.log``, same key and partition."""
+    log = spec_topics(dst)[1]
+    futs = []
+    for tp, rs in batch.items():
+        for topic, log_side in ((dst, False), (log, True)):
+            b = p.create_batch()
+            for r in rs:
+                value = r.value[:SPEC_DECISION_BYTES] if log_side else r.value
+                headers = [] if log_side else [*r.headers, *SPEC_HEADERS]
+                if b.append(key=r.key, value=value, timestamp=None, headers=headers) is None:
+                    futs.append(await p.send_batch(b, topic, partition=tp.partition))
+                    b = p.create_batch()
+                    if b.append(key=r.key, value=value, timestamp=None, headers=headers) is None:
+                        raise ValueError(f"a record for {topic} is larger than the producer's batch size")
+            futs.append(await p.send_batch(b, topic, partition=tp.partition))
+    return futs
 
 
 async def passthrough(bootstrap: str, src: str, dst: str, n: int, mode: str = "batch") -> dict[str, float]:
@@ -172,7 +215,8 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, mode: str = "b
     p = raw_producer(bootstrap)
     await c.start()
     await p.start()
-    await same_partition_count(p, src, dst)
+    for topic in spec_topics(dst) if mode == "spec" else [dst]:
+        await same_partition_count(p, src, topic)
     done = batches = 0
     t0, own0, b0 = time.monotonic(), time.process_time(), broker_cpu()
     try:
@@ -181,6 +225,8 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, mode: str = "b
             batches += bool(batch)
             if mode == "batch":
                 futs = await send_batched(p, dst, batch)
+            elif mode == "spec":
+                futs = await send_batched_spec(p, dst, batch)
             elif mode == "send_part":
                 futs = [await p.send(dst, r.value, key=r.key, headers=r.headers, partition=tp.partition)
                         for tp, rs in batch.items() for r in rs]
@@ -197,13 +243,16 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, mode: str = "b
         await p.stop()
 
 
-async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int, batched: bool = True) -> float:
+PASS_NAMES = {"batch": "raw", "send": "raw send()", "spec": "raw spec"}  # for the CPU and batches lines
+
+
+async def raw_passthrough(bootstrap: str, src: str, dst: str, n: int, mode: str = "batch") -> float:
     """The passthrough (``passthrough``) as its own process, as the worker is one: neither inherits
     this process's heap (the message lists, the rule engine), which its garbage collector would walk.
     Returns its msg/s; its CPU use goes to LAST_CPU."""
-    name = "raw" if batched else "raw send()"
+    name = PASS_NAMES[mode]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--raw-run", bootstrap, src, dst, str(n), "batch" if batched else "send",
+        sys.executable, __file__, "--raw-run", bootstrap, src, dst, str(n), mode,
         stdout=asyncio.subprocess.PIPE, cwd=REPO)
     try:
         out, _err = await asyncio.wait_for(proc.communicate(), 600)
@@ -242,8 +291,9 @@ async def wait_routed(bootstrap: str, topic: str, expect: int, pid: int, timeout
 
 
 async def router_run(bootstrap: str, values_src: list[dict], run: int,
-                     hot_path: str = "batched") -> tuple[float, float, float]:
-    """(router, raw passthrough with the batch API, raw passthrough with send() per record), msg/s."""
+                     hot_path: str = "batched") -> tuple[float, float, float, float]:
+    """(router, raw passthrough with the batch API, raw passthrough with send() per record, the spec
+    passthrough), msg/s."""
     prefix = f"bench{run}{hot_path[0]}{uuid.uuid4().hex[:4]}."
     s = topic_settings(bootstrap, prefix)
     from router.rules.engine import Engine
@@ -255,10 +305,11 @@ async def router_run(bootstrap: str, values_src: list[dict], run: int,
     await produce_records(bootstrap, s.inbound_topic, values_src)
     # raw passthrough of the very same input records
     # as many partitions as the inbound topic: the batch passthrough keeps each record's partition
-    await ensure_topics(bootstrap, [f"{prefix}raw-out", f"{prefix}raw-send-out"], partitions=s.partitions)
+    await ensure_topics(bootstrap, [f"{prefix}raw-out", f"{prefix}raw-send-out", *spec_topics(f"{prefix}raw-spec-out")],
+                        partitions=s.partitions)
     raw = await raw_passthrough(bootstrap, s.inbound_topic, f"{prefix}raw-out", len(values_src))
-    raw_send = await raw_passthrough(bootstrap, s.inbound_topic, f"{prefix}raw-send-out", len(values_src),
-                                     batched=False)
+    raw_send = await raw_passthrough(bootstrap, s.inbound_topic, f"{prefix}raw-send-out", len(values_src), "send")
+    raw_spec = await raw_passthrough(bootstrap, s.inbound_topic, f"{prefix}raw-spec-out", len(values_src), "spec")
     w = WorkerProcess(s, worker_id=f"bench{run}", SAMEX_HOT_PATH=hot_path).start()
     try:
         assert w.proc is not None
@@ -269,7 +320,7 @@ async def router_run(bootstrap: str, values_src: list[dict], run: int,
         router = count / span
     finally:
         w.stop()
-    return router, raw, raw_send
+    return router, raw, raw_send, raw_spec
 
 
 async def raw_pass_forever(bootstrap: str, src: str, dst: str) -> None:
@@ -363,17 +414,19 @@ def print_cpu() -> None:
 async def main(bootstrap: str) -> None:
     if True:  # the broker is started outside the event loop (LocalKafka waits synchronously)
         values = synth_records(N, seed=99)
-        routers, raws, raw_sends, p50s, p99s = [], [], [], [], []
+        routers, raws, raw_sends, raw_specs, p50s, p99s = [], [], [], [], [], []
         for run in range(RUNS):
-            router, raw, raw_send = await router_run(bootstrap, values, run)
+            router, raw, raw_send, raw_spec = await router_run(bootstrap, values, run)
             routers.append(router)
             raws.append(raw)
             raw_sends.append(raw_send)
+            raw_specs.append(raw_spec)
             print(f"run {run + 1}: router {router:,.0f} msg/s, raw passthrough {raw:,.0f} msg/s, "
                   f"ratio {router / raw:.2f} (raw with send() per record: {raw_send:,.0f} msg/s, "
-                  f"router/that {router / raw_send:.2f})", flush=True)
+                  f"router/that {router / raw_send:.2f}; spec passthrough {raw_spec:,.0f} msg/s, "
+                  f"{raw_spec / raw:.2f} of the raw one, router/that {router / raw_spec:.2f})", flush=True)
             print_cpu()
-        faust_agent, raw_f, _raw_fs = await router_run(bootstrap, values, 99, hot_path="faust-agent")
+        faust_agent, raw_f, _raw_fs, _raw_fspec = await router_run(bootstrap, values, 99, hot_path="faust-agent")
         print(f"for comparison, faust agent (take_events) hot path: {faust_agent:,.0f} msg/s, "
               f"raw {raw_f:,.0f} msg/s, ratio {faust_agent / raw_f:.2f}", flush=True)
         print_cpu()
@@ -396,6 +449,11 @@ async def main(bootstrap: str) -> None:
                           "raw_send_msgs_per_s": round(statistics.median(raw_sends)),
                           "ratio_to_raw_send": round(statistics.median(
                               [a / b for a, b in zip(routers, raw_sends, strict=True)]), 3),
+                          "raw_spec_msgs_per_s": round(statistics.median(raw_specs)),
+                          "spec_ratio": round(statistics.median(
+                              [a / b for a, b in zip(raw_specs, raws, strict=True)]), 3),
+                          "ratio_to_raw_spec": round(statistics.median(
+                              [a / b for a, b in zip(routers, raw_specs, strict=True)]), 3),
                           "p50_ms": round(statistics.median(p50s), 1), "p99_ms": round(statistics.median(p99s), 1),
                           "raw_p50_ms": round(statistics.median(raw50s), 1),
                           "raw_p99_ms": round(statistics.median(raw99s), 1),
