@@ -4,7 +4,7 @@ Runs bench/throughput.py's router run (the router and the raw passthrough on the
 messages) RUNS times against one local broker, and for each run prints the records per 250 ms of
 the router's decisions topic and of the raw passthrough's output, and the rate after the first
 10 % (start-up left out). Written to look into why later runs against one broker were slower
-than the first (README, Throughput).
+than the first (docs/throughput-history.md).
 
     python bench/run_shape.py [RUNS]        # default 3
 """

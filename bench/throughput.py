@@ -36,7 +36,7 @@ Last line: {"router_msgs_per_s", "raw_msgs_per_s", "ratio", "raw_send_msgs_per_s
 "broker_log"}, medians of 3 runs.
 
 The broker's log is on disk (.kafka/runs), as in the tests and `make run`. `--broker-tmpfs` puts it
-in /dev/shm instead, to take this VM's disk out of the comparison (README, "Throughput": in 4
+in /dev/shm instead, to take this VM's disk out of the comparison (docs/throughput-history.md: in 4
 alternating rounds tmpfs gave a slightly higher ratio every time, medians 0.80 against 0.78, and a
 much shorter latency tail in the first seconds). SAMEX_KAFKA_BOOTSTRAP uses an existing broker.
 """

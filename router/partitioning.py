@@ -6,7 +6,7 @@ aiokafka's own ``murmur2`` is Python that masks every step and reads the key a b
 ~10 µs for a 64-byte patient key on this machine. A py-spy profile of a worker at full load with
 a new patient in every message put it at 20 % of the worker's samples. This version reads four
 bytes at a time with one precompiled ``struct`` per key length and masks once per step (~3.6 µs;
-README, "Throughput"). Tests compare it with aiokafka's and with the Java client's test vectors.
+docs/throughput-history.md). Tests compare it with aiokafka's and with the Java client's test vectors.
 """
 
 from __future__ import annotations
