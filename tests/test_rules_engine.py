@@ -212,8 +212,11 @@ def test_engine_agrees_with_reference_when_only_the_sender_decides(tmp_path):
     assert any(s.pick_live for s in slots) and any(s.pick_not_live for s in slots)
     assert any(s.pick_not_live for s in slots if s.etapp is None)
     ids = sorted(rules.units)
+    # senders outside the directory too: no sender set holds them (their mask is 0)
+    senders = [*ids, "SE2321000131-E999999999991", "SE2321000131-E999999999992"]
+    assert len(engine.sender_bits) > 1 and not engine.sender_mask.keys() & set(senders[-2:])
     for _ in range(6000):
-        e = env(rng.choice(KINDS), rng.choice(ids), rng.choice(ids))
+        e = env(rng.choice(KINDS), rng.choice(ids), rng.choice(senders))
         t = rng.choice(INSTANTS)
         st_ = {"etapp-3-norra-ostra": rng.choice(["scheduled", "scheduled", "paused", "live"])}
         got = engine.decide(e, t, st_)

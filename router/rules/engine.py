@@ -83,10 +83,11 @@ class Slot:
         self.fixed_live: Decision | None = None
         self.fixed_not_live: Decision | None = None
         # When the choice depends on the sender's HSA-id only (each candidate before the first
-        # unconditional one has a sender selector and no other condition): (sender set or None,
-        # finished decision) pairs in candidate order, the first whose set holds the sender wins.
-        self.pick_live: tuple[tuple[frozenset[str] | None, Decision], ...] | None = None
-        self.pick_not_live: tuple[tuple[frozenset[str] | None, Decision], ...] | None = None
+        # unconditional one has a sender selector and no other condition): (sender-set bit or 0,
+        # finished decision) pairs in candidate order; the first whose bit is in the sender's mask
+        # (Engine.sender_mask), or whose bit is 0 (no sender condition), wins.
+        self.pick_live: tuple[tuple[int, Decision], ...] | None = None
+        self.pick_not_live: tuple[tuple[int, Decision], ...] | None = None
 
 
 def party_matches(sel: PartySelector, u: Unit | UnitRow) -> bool:
@@ -123,6 +124,19 @@ class Engine:
         }
         self.systems = tuple(s.id for s in rules.systems.systems)
         self._index = self._build()
+        # Each distinct sender set of the routes gets one bit, and each directory unit the mask of
+        # the sets that hold it: a sender-only choice then costs one lookup of the sender's mask,
+        # however many sender conditions it weighs, instead of one set lookup per condition (each a
+        # CPU-cache miss with a large directory; bench/engine.py).
+        self.sender_bits: dict[frozenset[str], int] = {}
+        for routes in self._index.values():
+            for r in routes:
+                if r.sender_set is not None and r.sender_set not in self.sender_bits:
+                    self.sender_bits[r.sender_set] = 1 << len(self.sender_bits)
+        self.sender_mask: dict[str, int] = {}
+        for members, bit in self.sender_bits.items():
+            for h in members:
+                self.sender_mask[h] = self.sender_mask.get(h, 0) | bit
         # Memo of finished decisions: a decision depends only on this key (not on the sender beyond
         # the route it selected), so identical situations share one frozen Decision object.
         self._memo: dict[tuple[object, ...], Decision] = {}
@@ -154,19 +168,20 @@ class Engine:
         state = "scheduled" if slot.etapp else None
         for live in (True, False):
             cands = slot.live if live else slot.not_live
-            pick: list[tuple[frozenset[str] | None, Decision]] = []
+            pick: list[tuple[int, Decision]] = []
             for route in cands:
                 if not (route.unconditional or route.simple_sender) or any(
                         self._resolve(t, slot.unit, live) in self.retired_ms for t in route.targets):
                     break
                 d = self._explain(route, slot.unit, kind, live, state, False)
-                pick.append((None if route.unconditional else route.sender_set, interned.setdefault(d, d)))
+                bit = 0 if route.unconditional else self.sender_bits[route.sender_set]  # type: ignore[index]
+                pick.append((bit, interned.setdefault(d, d)))
                 if route.unconditional:
                     break
             else:  # no unconditional candidate: a sender that no set holds has no route
                 d = self._explain(None, slot.unit, kind, live, state, False)
-                pick.append((None, interned.setdefault(d, d)))
-            if not pick or pick[-1][0] is not None:
+                pick.append((0, interned.setdefault(d, d)))
+            if not pick or pick[-1][0]:
                 continue  # a candidate the sender's HSA-id alone cannot decide
             if len(pick) == 1:
                 if live:
@@ -284,10 +299,10 @@ class Engine:
                 return self._parked(slot.unit, state)
             else:
                 live = False
-        if pick is not None:  # its last pair has no sender set, so this always returns
-            sender_hsa = env["sender"]["unit_hsa_id"]
-            for senders, picked in pick:
-                if senders is None or sender_hsa in senders:
+        if pick is not None:  # its last pair has no sender condition (bit 0), so this always returns
+            mask = self.sender_mask.get(env["sender"]["unit_hsa_id"], 0)
+            for bit, picked in pick:
+                if not bit or mask & bit:
                     return picked
         cands = slot.live if live else slot.not_live
         chosen: CompiledRoute | None = None
