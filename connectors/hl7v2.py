@@ -275,6 +275,7 @@ REFERRAL_TRIGGER_STATUS = {("REF", "I12"): "skickad", ("REF", "I13"): "skickad",
                            ("RRI", "I12"): "besvarad", ("RRI", "I13"): "besvarad", ("RRI", "I14"): "avvisad"}
 RESULT_STATUS = {"P", "F", "C", "X", "I", "R", "S", "A"}
 _HSA_SHAPE = re.compile(r"^SE\d{10}-[A-Za-z0-9]+$")
+_PNR_LAYOUT = re.compile(r"^\d{6}(\d{2})?[-+]?\d{4}$")  # YYMMDD or YYYYMMDD, a separator or none, NNNC
 
 
 def kind_of(msg: Message) -> Kind:
@@ -289,13 +290,17 @@ def kind_of(msg: Message) -> Kind:
 
 
 def facility_hsa(msg: Message, field: int) -> str:
-    """The unit HSA-id in MSH-4/MSH-6: HD.1, or HD.2 when HD.3 is 'HSA' (or HD.2 has the HSA shape)."""
+    """The unit HSA-id in MSH-4/MSH-6: HD.1 when it is an HSA-id, else HD.2 when HD.3 is 'HSA'
+    (docs/hl7-mapping.md). An HSA-id in HD.2 under another universal ID type (DNS, ISO, ...) is
+    not taken: it names something else."""
     name = "sending" if field == 4 else "receiving"
     hd1, hd2, hd3 = (msg.get("MSH", field, c) for c in (1, 2, 3))
     if _HSA_SHAPE.match(hd1):
         return hd1
-    if hd2 and (hd3.upper() in ("HSA", "ISO") or _HSA_SHAPE.match(hd2)) and _HSA_SHAPE.match(hd2):
-        return hd2
+    if hd2 and hd3.strip().upper() == "HSA":
+        if _HSA_SHAPE.match(hd2):
+            return hd2
+        raise Hl7Error(f"MSH-{field} ({name} facility): HD.3 is HSA but HD.2 is not an HSA-id")
     if not (hd1 or hd2):
         raise MissingFieldError(f"MSH-{field} ({name} facility) is empty; it must carry the unit's HSA-id")
     raise Hl7Error(f"MSH-{field} ({name} facility) does not carry an HSA-id (HD.1, or HD.2 with HD.3 = HSA)")
@@ -330,12 +335,17 @@ def patient_of(msg: Message) -> tuple[str, str]:
         if real != kind:
             raise PatientError(f"invalid patient identifier in PID-3: a {real} under the {kind} OID")
         return norm, real
+    shaped: IdentifierError | None = None  # why the first value laid out like a personnummer failed
     for value in loose:
         try:
             return parse_patient_id(value)
-        except IdentifierError:
-            continue
-    raise PatientError("PID-3 has no personnummer or samordningsnummer (OID 1.2.752.129.2.1.3.1 / .3)")
+        except IdentifierError as exc:
+            if shaped is None and _PNR_LAYOUT.match(value):
+                shaped = exc
+    if shaped is not None:  # e.g. a wrong check digit: say so, not that there is no number
+        raise PatientError(f"invalid patient identifier in PID-3: {shaped}")
+    raise PatientError("PID-3 has no patient identifier: no personnummer or samordningsnummer "
+                       "(OID 1.2.752.129.2.1.3.1 / .3)")
 
 
 def parse_ts(value: str) -> int | None:

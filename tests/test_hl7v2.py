@@ -137,6 +137,9 @@ def test_wrong_or_unknown_charset_is_a_typed_error_without_patient_data() -> Non
     (msg(control=""), Hl7Error, "MSH-10"),
     (msg(msh4=""), Hl7Error, "MSH-4"),
     (msg(msh6="LABBET"), Hl7Error, "HSA-id"),
+    (msg(msh6=f"LABBET^{LAB}^DNS"), Hl7Error, "HD.2 with HD.3 = HSA"),  # an HSA-id under another ID type
+    (msg(msh6=f"^{LAB}"), Hl7Error, "HD.2 with HD.3 = HSA"),
+    (msg(msh6="^LABBET^HSA"), Hl7Error, "HD.2 is not an HSA-id"),
     (msg(pid="PID|1||"), PatientError, "PID-3"),
     (msg(pid="EVN|A01"), PatientError, "no PID segment"),
 ])
@@ -155,6 +158,14 @@ def test_invalid_personnummer_error_never_echoes_the_number() -> None:
     samordning = pnr(3, samordning=True)
     with pytest.raises(PatientError, match="samordningsnummer under the personnummer OID"):
         map_hl7(msg(pid=f"PID|1||{samordning}^^^&1.2.752.129.2.1.3.1&ISO"))
+    # without an OID: the check digit is still the reason given, in every layout, never the number
+    for shown in (bad, f"{bad[:8]}-{bad[8:]}", f"{bad[2:8]}-{bad[8:]}"):
+        with pytest.raises(PatientError) as exc:
+            map_hl7(msg(pid=f"PID|1||LOCAL-7^^^X~{shown}"))
+        text = str(exc.value)
+        assert "Luhn" in text and "invalid patient identifier" in text and bad[2:8] not in text, text
+    with pytest.raises(PatientError, match="no patient identifier"):
+        map_hl7(msg(pid="PID|1||LOCAL-7^^^X"))
 
 
 def test_escapes_round_trip_and_timestamps() -> None:

@@ -61,6 +61,16 @@ def test_route_file_problems_name_file_and_line(rules, old, new, needle, message
         assert any(f"{path}:{expected}:" in ln or f"{path}:{expected - 1}:" in ln for ln in lines), (expected, r.output)
 
 
+def test_duplicate_route_id_names_both_places(rules):
+    path = rules / "routes" / "base.yaml"
+    first = line_of(path, "- id: remiss-sjukhus")
+    edit(path, "- id: remiss-privat", "- id: remiss-sjukhus")
+    second = [i for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip() == "- id: remiss-sjukhus"][1]
+    r = run(rules)
+    assert r.exit_code == 1
+    assert f"{path}:{second}: duplicate route id 'remiss-sjukhus' (also at {path}:{first})" in r.output, r.output
+
+
 def test_yaml_syntax_error_has_line(rules):
     path = rules / "plan.yaml"
     text = path.read_text().splitlines()

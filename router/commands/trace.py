@@ -149,12 +149,15 @@ def index_group() -> None:
 def index_run(bootstrap: str | None, once: bool) -> None:
     """Feed the trace index from the decision, delivery, dead-letter and control topics and keep
     following (Ctrl-C stops). Positions are kept in the index itself."""
+    import logging
     import signal
 
     from router.indexfeed import feed
+    from router.logs import setup_logging
     from router.traceindex import open_index
 
     settings = settings_from(bootstrap)
+    setup_logging(settings.log_level, settings.log_format)  # JSON lines by default, as every service logs
     index = open_index(settings)
 
     async def main() -> int:
@@ -169,7 +172,7 @@ def index_run(bootstrap: str | None, once: bool) -> None:
     finally:
         total = index.count()
         index.close()
-    click.echo(f"indexed {n:,} records; the index holds {total:,} hops", err=True)
+    logging.getLogger("samex.index").info("indexed %s records; the index holds %s hops", f"{n:,}", f"{total:,}")
 
 
 def register(cli: click.Group) -> None:

@@ -233,8 +233,9 @@ def parse_rules(texts: dict[str, str], label_root: str = "rules") -> tuple[RuleS
         for i, r in enumerate(model.routes):
             where = f"{label(name)}:{line_of(raw, ('routes', i))}"
             if r.id in seen_routes:
-                problems.append(f"{where}: duplicate route id {r.id!r} (also in {seen_routes[r.id]})")
-            seen_routes[r.id] = name
+                problems.append(f"{where}: duplicate route id {r.id!r} (also at {seen_routes[r.id]})")
+            else:
+                seen_routes[r.id] = where
             for key in ("to", "live", "not_live"):
                 dests = getattr(r, key)
                 if not isinstance(dests, list):
