@@ -222,3 +222,41 @@ def group_by_key(records: list[Any]) -> dict[bytes, list[Any]]:
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         out[r.key].append(r)
     return out
+
+
+async def group_assignment(bootstrap: str, group_id: str, topic: str) -> tuple[str, dict[str, set[int]]]:
+    """(group state, {client id: partitions of ``topic``}) from the group coordinator (DescribeGroups):
+    the assignment as the broker knows it, not as any member reports it."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.group import MemberAssignment
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group_id])
+    finally:
+        await admin.close()
+    group = response.to_object()["groups"][0]
+    members: dict[str, set[int]] = {}
+    for m in group["members"]:
+        parts: set[int] = set()
+        if m["member_assignment"]:
+            for t, ps in MemberAssignment.decode(m["member_assignment"]).assignment:
+                if t == topic:
+                    parts.update(ps)
+        members[m["client_id"]] = parts
+    return group["state"], members
+
+
+async def wait_stable_assignment(bootstrap: str, group_id: str, topic: str, clients: set[str],
+                                 timeout_s: float = 60) -> dict[str, set[int]]:
+    """Wait until the group is Stable with exactly ``clients`` as members, each holding partitions
+    of ``topic``; return the assignment."""
+    deadline = time.monotonic() + timeout_s
+    state, members = "", {}
+    while time.monotonic() < deadline:
+        state, members = await group_assignment(bootstrap, group_id, topic)
+        if state == "Stable" and set(members) == clients and all(members.values()):
+            return members
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"group {group_id} not stable with {sorted(clients)}: {state} {members}")
