@@ -113,16 +113,22 @@ def explain_cmd(rules_dir: Path, as_of: str | None, states: tuple[str, ...], fil
 @click.argument("old", type=DIR)
 @click.argument("new", type=DIR)
 def diff_cmd(old: Path, new: Path) -> None:
-    """Show which (unit × kind) destinations change between two rule folders, from which instant,
-    and by which rules. Exit 0 when nothing changes, 1 when something does."""
+    """Show which (unit × kind) destinations change between two rule folders, over which interval,
+    and why (a go-live moved, a unit changed etapp, another rule decides, ...). Routings whose
+    destinations stay but whose deciding rule changes are listed after them, marked "same
+    destinations". Exit 0 when no destination changes, 1 when one does."""
     from router.rules.analysis import diff_rules, format_changes
 
     a, b = _engine(old), _engine(new)
     changes = diff_rules(a.rules, b.rules)
     for line in format_changes(changes):
         click.echo(line)
-    click.echo(f"{len(changes)} (unit × kind) change(s); versions {a.version} -> {b.version}", err=True)
-    sys.exit(1 if changes else 0)
+    moved = [c for c in changes if c.dest_change]
+    pairs = {(c.unit, c.kind) for c in moved}
+    click.echo(f"{len(pairs)} (unit × kind) pair(s) change destinations ({len(moved)} interval(s)); "
+               f"{len(changes) - len(moved)} change only the deciding rule; versions {a.version} -> {b.version}",
+               err=True)
+    sys.exit(1 if moved else 0)
 
 
 def register(cli: click.Group) -> None:

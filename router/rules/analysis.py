@@ -6,6 +6,7 @@ the candidate routes can tell apart, so a conflict or a gap is found before any 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterator
@@ -104,6 +105,9 @@ def check_texts(texts: dict[str, str], label_root: str = "rules") -> list[str]:
 
 @dataclass(frozen=True)
 class Change:
+    """One (unit × kind) whose routing differs between two rule sets over [since_ms, until_ms)
+    (None: before the first instant / open-ended). ``dest_change`` is False when the destinations
+    stay and only the deciding rule differs. ``causes`` say why, in words."""
     kind: str
     unit: str
     unit_type: str
@@ -114,6 +118,8 @@ class Change:
     after: str
     before_rule: str | None
     after_rule: str | None
+    causes: tuple[str, ...] = ()
+    dest_change: bool = True
 
 
 def _outcome(engine: Engine, hsa: str, kind: str, at_ms: int, sender: Unit | None) -> tuple[str, str | None]:
@@ -126,8 +132,50 @@ def _outcome(engine: Engine, hsa: str, kind: str, at_ms: int, sender: Unit | Non
     return f"{d.outcome} ({d.reason_code})", d.rule
 
 
+def _route_targets(engine: Engine) -> dict[str, tuple[str, ...]]:
+    return {r.id: r.targets for c in engine._index.values() for r in c}
+
+
+def _causes(a: Engine, b: Engine, hsa: str, before_rule: str | None, after_rule: str | None,
+            targets: tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]) -> tuple[str, ...]:
+    """Why a unit's routing differs: what changed in the plan, the directory, the systems or the rules."""
+    old, new = a.units.get(hsa), b.units.get(hsa)
+    out: list[str] = []
+    if old is None:
+        out.append("the unit is new in the directory")
+    elif new is None:
+        out.append("the unit left the directory")
+    else:
+        if old.etapp != new.etapp:
+            out.append(f"the unit moved from {old.etapp or 'no etapp'} to {new.etapp or 'no etapp'}")
+        elif new.etapp and a.golive_ms.get(new.etapp) != b.golive_ms.get(new.etapp):
+            was, now = (e.golive_ms.get(new.etapp) for e in (a, b))
+            out.append(f"{new.etapp} go-live moved from {_fmt_ms(was) if was else '-'} to "
+                       f"{_fmt_ms(now) if now else '-'}")
+        if old.unit_type != new.unit_type:
+            out.append(f"the unit's type changed from {old.unit_type} to {new.unit_type}")
+        if old.care_provider != new.care_provider:
+            out.append("the unit's care provider changed")
+    if before_rule != after_rule:
+        if after_rule is None:
+            out.append(f"rule {before_rule} no longer applies")
+        elif before_rule is None:
+            out.append(f"rule {after_rule} now applies")
+        else:
+            out.append(f"rule {after_rule} now decides instead of {before_rule}")
+    elif after_rule is not None and targets[0].get(after_rule) != targets[1].get(after_rule):
+        out.append(f"rule {after_rule} changed its destinations")
+    if a.retired_ms != b.retired_ms:
+        changed = sorted(x for x in {*a.retired_ms, *b.retired_ms} if a.retired_ms.get(x) != b.retired_ms.get(x))
+        out.append(f"retirement dates changed for {', '.join(changed)}")
+    if a.journals != b.journals or a.target != b.target:
+        out.append("the systems' journal or target mapping changed")
+    return tuple(out) or ("the rule set's other changes (conditions or priorities)",)
+
+
 def diff_rules(old: RuleSet, new: RuleSet) -> list[Change]:
-    """Which (unit × kind) destinations change, from which instant, and by which rules."""
+    """Which (unit × kind) routings change, over which interval between instants, and why.
+    Consecutive intervals with the same change are merged into one."""
     a, b = Engine(old), Engine(new)
     instants = sorted({*a.instants(), *b.instants()})
     probes: list[tuple[int | None, int, int | None]] = [(None, (instants[0] - 1) if instants else 0,
@@ -136,32 +184,59 @@ def diff_rules(old: RuleSet, new: RuleSet) -> list[Change]:
     changes: list[Change] = []
     conditional = any(not r.unconditional for e in (a, b) for c in e._index.values() for r in c)
     senders: list[Unit | None] = list(_sender_classes(b)) if conditional else [None]
+    targets = (_route_targets(a), _route_targets(b))
     for hsa in sorted(set(a.units) | set(b.units)):
         unit = b.units.get(hsa) or a.units[hsa]
         for kind in KINDS:
+            open_change: Change | None = None
             for since, at, until in probes:
+                found: Change | None = None
                 for sender in senders:
                     before = _outcome(a, hsa, kind, at, sender)
                     after = _outcome(b, hsa, kind, at, sender)
                     if before != after:
-                        changes.append(Change(kind, hsa, unit.unit_type, unit.etapp, since, until, before[0], after[0],
-                                              before[1], after[1]))
+                        found = Change(kind, hsa, unit.unit_type, unit.etapp, since, until, before[0], after[0],
+                                       before[1], after[1], _causes(a, b, hsa, before[1], after[1], targets),
+                                       before[0] != after[0])
                         break
+                if open_change is not None and found is not None and _same_change(open_change, found):
+                    open_change = dataclasses.replace(open_change, until_ms=found.until_ms)  # one interval
+                    continue
+                if open_change is not None:
+                    changes.append(open_change)
+                open_change = found
+            if open_change is not None:
+                changes.append(open_change)
     return changes
 
 
+def _same_change(x: Change, y: Change) -> bool:
+    return (x.before, x.after, x.before_rule, x.after_rule, x.causes) == (y.before, y.after, y.before_rule,
+                                                                          y.after_rule, y.causes)
+
+
 def format_changes(changes: list[Change]) -> list[str]:
+    """One line per group of units whose routing changes alike: destination changes first, then
+    (marked) the ones where only the deciding rule differs."""
     groups: dict[tuple[object, ...], list[Change]] = defaultdict(list)
     for c in changes:
-        groups[(c.since_ms or 0, c.until_ms or 0, c.kind, c.unit_type, c.etapp or "", c.before, c.after,
-                c.before_rule or "", c.after_rule or "")].append(c)
+        groups[(not c.dest_change, c.since_ms or 0, c.until_ms or 0, c.kind, c.unit_type, c.etapp or "", c.before,
+                c.after, c.before_rule or "", c.after_rule or "", c.causes)].append(c)
     lines = []
-    for (since, until, kind, utype, etapp, before, after, rb, ra), items in sorted(groups.items(),
-                                                                                  key=lambda kv: kv[0]):
-        when = f"from {_fmt_ms(int(since))}" if since else "before any go-live"  # type: ignore[call-overload]
-        if until:
-            when += f" until {_fmt_ms(int(until))}"  # type: ignore[call-overload]
+    for key, items in sorted(groups.items(), key=lambda kv: kv[0]):
+        same, since, until, kind, utype, etapp, before, after, rb, ra, causes = key
+        if since and until:
+            when = f"from {_fmt_ms(int(since))} until {_fmt_ms(int(until))}"  # type: ignore[call-overload]
+        elif since:
+            when = f"from {_fmt_ms(int(since))} on"  # type: ignore[call-overload]
+        elif until:
+            when = f"before {_fmt_ms(int(until))}"  # type: ignore[call-overload]
+        else:
+            when = "at all times"
         units = ", ".join(c.unit for c in items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
-        lines.append(f"{when}: {kind} to {utype} units ({etapp or 'no etapp'}; {len(items)}): {before} -> {after} "
-                     f"(rule {rb or '-'} -> {ra or '-'}); units {units}")
+        what = f"{before} (same destinations)" if same else f"{before} -> {after}"
+        rules = f"rule {rb or '-'}" if rb == ra else f"rule {rb or '-'} -> {ra or '-'}"
+        lines.append(f"{when}: {kind} to {utype} units ({etapp or 'no etapp'}; {len(items)} "
+                     f"unit{'s' if len(items) != 1 else ''}): {what}, because {'; '.join(causes)} "  # type: ignore[arg-type]
+                     f"({rules}); units {units}")
     return lines

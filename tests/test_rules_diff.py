@@ -1,0 +1,106 @@
+"""`samex rules diff OLD NEW`: which (unit × kind) destinations change, over which interval, and why."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from router.cli import cli
+from router.envelope import KINDS
+from router.rules.engine import Engine
+from router.rules.load import load_rules
+from router.timeutil import parse_cli_instant
+
+REPO = Path(__file__).resolve().parent.parent
+OLD_GO_LIVE = "go_live: 2026-04-21T06:00 Europe/Stockholm"
+NEW_GO_LIVE = "go_live: 2026-06-02T06:00 Europe/Stockholm"
+
+
+@pytest.fixture
+def new(tmp_path) -> Path:
+    d = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", d)
+    return d
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new))
+
+
+def diff(new: Path):
+    return CliRunner().invoke(cli, ["rules", "diff", str(REPO / "rules"), str(new)])
+
+
+def pairs_changing(new: Path) -> int:
+    """From the summary line: how many (unit × kind) pairs change destinations."""
+    m = re.search(r"^(\d+) \(unit × kind\) pair\(s\) change destinations", diff(new).output, re.M)
+    assert m, diff(new).output
+    return int(m.group(1))
+
+
+def test_identical_rule_sets_change_nothing(new):
+    r = diff(new)
+    assert r.exit_code == 0, r.output
+    assert "0 (unit × kind) pair(s) change destinations" in r.output and "because" not in r.output
+
+
+def test_a_postponed_go_live_names_the_move_and_one_interval(new):
+    edit(new / "plan.yaml", OLD_GO_LIVE, NEW_GO_LIVE)
+    r = diff(new)
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.output.splitlines() if "because" in ln]
+    assert lines
+    for ln in lines:  # one merged interval per change, and the cause in words
+        assert ln.startswith("from 2026-04-21T06:00+02:00 until 2026-06-02T06:00+02:00: "), ln
+        assert "etapp-3-norra-ostra go-live moved from 2026-04-21T06:00+02:00 to 2026-06-02T06:00+02:00" in ln, ln
+        assert "(same destinations)" not in ln and " -> " in ln
+    # the count is every (unit × kind) of the etapp that routes otherwise while it is not yet live
+    a, b = Engine(load_rules(REPO / "rules")), Engine(load_rules(new))
+    at = parse_cli_instant("2026-05-01T12:00+02:00")
+    expected = 0
+    for hsa, unit in a.units.items():
+        for kind in KINDS:
+            env = {"kind": kind, "subtype": None, "receiver": {"unit_hsa_id": hsa},
+                   "sender": {"unit_hsa_id": "", "care_provider_hsa_id": None}}
+            if a.decide(env, at).destinations != b.decide(env, at).destinations:
+                assert unit.etapp == "etapp-3-norra-ostra"
+                expected += 1
+    assert expected > 100 and pairs_changing(new) == expected
+
+
+def test_a_unit_that_changes_etapp_says_from_which_to_which(new):
+    edit(new / "plan.yaml", "      municipality: [Alingsås, Lerum]", "      municipality: [Alingsås]")
+    edit(new / "plan.yaml", "      municipality: [Borås, Bollebygd", "      municipality: [Lerum, Borås, Bollebygd")
+    r = diff(new)
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.output.splitlines() if "because" in ln]
+    assert lines and all("the unit moved from etapp-2-sodra to etapp-1-sodra-pd1" in ln for ln in lines), lines
+    # etapp-1 went live a year before etapp-2: only that year changes
+    assert all(ln.startswith("from 2024-11-12T06:00+01:00 until 2025-10-14T06:00+02:00: ") for ln in lines), lines
+
+
+def test_a_renamed_rule_is_listed_apart_and_changes_no_destination(new):
+    edit(new / "routes" / "base.yaml", "  - id: lab-order-lokalt-lab", "  - id: lokalt-lab")
+    r = diff(new)
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if "because" in ln]
+    assert lines and all(ln.startswith("at all times: lab_order to lokalt_lab units") for ln in lines), lines
+    assert all("labcenter (same destinations)" in ln and "rule lokalt-lab now decides instead of "
+               "lab-order-lokalt-lab" in ln for ln in lines)
+    assert pairs_changing(new) == 0
+
+
+def test_a_rule_with_new_destinations_says_so(new):
+    edit(new / "routes" / "base.yaml", "    to: [labcenter]", "    to: [labcenter, sectra-ids7]")
+    r = diff(new)
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.output.splitlines() if "because" in ln]
+    assert lines and all(ln.startswith("at all times: lab_order to lokalt_lab units") for ln in lines), lines
+    assert all("labcenter -> labcenter, sectra-ids7" in ln and "rule lab-order-lokalt-lab changed its "
+               "destinations" in ln for ln in lines), lines
