@@ -37,6 +37,15 @@ def diff(new: Path):
     return CliRunner().invoke(cli, ["rules", "diff", str(REPO / "rules"), str(new)])
 
 
+def change_lines(new: Path, exit_code: int) -> list[str]:
+    """The diff's change lines, after checking its exit code; there must be some."""
+    r = diff(new)
+    assert r.exit_code == exit_code, r.output
+    lines = [ln for ln in r.output.splitlines() if "because" in ln]
+    assert lines, r.output
+    return lines
+
+
 def pairs_changing(new: Path) -> int:
     """From the summary line: how many (unit × kind) pairs change destinations."""
     m = re.search(r"^(\d+) \(unit × kind\) pair\(s\) change destinations", diff(new).output, re.M)
@@ -52,11 +61,7 @@ def test_identical_rule_sets_change_nothing(new):
 
 def test_a_postponed_go_live_names_the_move_and_one_interval(new):
     edit(new / "plan.yaml", OLD_GO_LIVE, NEW_GO_LIVE)
-    r = diff(new)
-    assert r.exit_code == 1, r.output
-    lines = [ln for ln in r.output.splitlines() if "because" in ln]
-    assert lines
-    for ln in lines:  # one merged interval per change, and the cause in words
+    for ln in change_lines(new, 1):  # one merged interval per change, and the cause in words
         assert ln.startswith("from 2026-04-21T06:00+02:00 until 2026-06-02T06:00+02:00: "), ln
         assert "etapp-3-norra-ostra go-live moved from 2026-04-21T06:00+02:00 to 2026-06-02T06:00+02:00" in ln, ln
         assert "(same destinations)" not in ln and " -> " in ln
@@ -77,20 +82,16 @@ def test_a_postponed_go_live_names_the_move_and_one_interval(new):
 def test_a_unit_that_changes_etapp_says_from_which_to_which(new):
     edit(new / "plan.yaml", "      municipality: [Alingsås, Lerum]", "      municipality: [Alingsås]")
     edit(new / "plan.yaml", "      municipality: [Borås, Bollebygd", "      municipality: [Lerum, Borås, Bollebygd")
-    r = diff(new)
-    assert r.exit_code == 1, r.output
-    lines = [ln for ln in r.output.splitlines() if "because" in ln]
-    assert lines and all("the unit moved from etapp-2-sodra to etapp-1-sodra-pd1" in ln for ln in lines), lines
+    lines = change_lines(new, 1)
+    assert all("the unit moved from etapp-2-sodra to etapp-1-sodra-pd1" in ln for ln in lines), lines
     # etapp-1 went live a year before etapp-2: only that year changes
     assert all(ln.startswith("from 2024-11-12T06:00+01:00 until 2025-10-14T06:00+02:00: ") for ln in lines), lines
 
 
 def test_a_renamed_rule_is_listed_apart_and_changes_no_destination(new):
     edit(new / "routes" / "base.yaml", "  - id: lab-order-lokalt-lab", "  - id: lokalt-lab")
-    r = diff(new)
-    assert r.exit_code == 0, r.output
-    lines = [ln for ln in r.output.splitlines() if "because" in ln]
-    assert lines and all(ln.startswith("at all times: lab_order to lokalt_lab units") for ln in lines), lines
+    lines = change_lines(new, 0)
+    assert all(ln.startswith("at all times: lab_order to lokalt_lab units") for ln in lines), lines
     assert all("labcenter (same destinations)" in ln and "rule lokalt-lab now decides instead of "
                "lab-order-lokalt-lab" in ln for ln in lines)
     assert pairs_changing(new) == 0
@@ -98,9 +99,7 @@ def test_a_renamed_rule_is_listed_apart_and_changes_no_destination(new):
 
 def test_a_rule_with_new_destinations_says_so(new):
     edit(new / "routes" / "base.yaml", "    to: [labcenter]", "    to: [labcenter, sectra-ids7]")
-    r = diff(new)
-    assert r.exit_code == 1, r.output
-    lines = [ln for ln in r.output.splitlines() if "because" in ln]
-    assert lines and all(ln.startswith("at all times: lab_order to lokalt_lab units") for ln in lines), lines
+    lines = change_lines(new, 1)
+    assert all(ln.startswith("at all times: lab_order to lokalt_lab units") for ln in lines), lines
     assert all("labcenter -> labcenter, sectra-ids7" in ln and "rule lab-order-lokalt-lab changed its "
                "destinations" in ln for ln in lines), lines
