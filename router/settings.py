@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         1000, ge=0, le=60_000, description="shortest time between two offset commits of the hot path (0: commit "
         "after every acknowledged batch); only acknowledged offsets are ever committed, and a rebalance or a clean "
         "stop commits at once, so a longer interval only means more re-processing after a crash")
+    lag_report_interval_s: float = Field(
+        5.0, gt=0, le=300, description="how often each worker reports samex_consumer_lag for every partition it owns "
+        "from the broker's end offsets (besides after each batch), so that lag shows while the hot path is stuck")
     etapp_lead_ms: int = Field(1000, ge=0, description="an etapp change without --at takes effect this long after "
                                "it is published, so that every worker has it before it applies")
     etapp_max_backdate_s: int = Field(300, ge=0, description="how far in the past --at may lie")

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from router.codec import default_codec
 from router.kafkaio import records_in
@@ -60,6 +61,13 @@ async def placements(bootstrap: str, s) -> dict[str | None, Counter]:
         mid = codec.decode_as("deadletter", r.value)["message_id"]
         where.setdefault(mid, Counter())[s.deadletter_topic] += 1
     return where
+
+
+def lag_series(w: WorkerProcess, topic: str) -> dict[int, float]:
+    """The worker's samex_consumer_lag samples of ``topic``: partition -> records behind."""
+    text = w.get("/metrics").decode()
+    return {int(x.labels["partition"]): x.value for fam in text_string_to_metric_families(text)
+            for x in fam.samples if x.name == "samex_consumer_lag" and x.labels["topic"] == topic}
 
 
 def named_topics(s, d: dict) -> set[str]:
@@ -191,7 +199,7 @@ async def test_a_rebalance_commits_what_the_commit_interval_held_back(kafka_boot
     before they move (a second worker joins), it commits every acknowledged offset at once."""
     s = topic_settings(kafka_bootstrap, topic_prefix)
     await ensure_router_topics(s, ENGINE.systems, ENGINE.golive_ms)
-    a = WorkerProcess(s, worker_id="wa", SAMEX_COMMIT_INTERVAL_MS="60000").start()
+    a = WorkerProcess(s, worker_id="wa", SAMEX_COMMIT_INTERVAL_MS="60000", SAMEX_LAG_REPORT_INTERVAL_S="0.5").start()
     b = None
     try:
         a.wait_ready()
@@ -199,8 +207,9 @@ async def test_a_rebalance_commits_what_the_commit_interval_held_back(kafka_boot
         await produce_records(kafka_bootstrap, s.inbound_topic, first, rate=3000)
         assert len(await read_topic(kafka_bootstrap, s.decisions_topic, expect=len(first))) == len(first)
         # wa's first batch was committed at once; everything after it waits for the minute to pass
-        b = WorkerProcess(s, worker_id="wb").start()
+        b = WorkerProcess(s, worker_id="wb", SAMEX_LAG_REPORT_INTERVAL_S="0.5").start()
         b.wait_ready()
+        assigned = await wait_stable_assignment(kafka_bootstrap, s.group_id, s.inbound_topic, {"samex-wa", "samex-wb"})
         second = synth_records(3000, seed=9, patients=600)
         await produce_records(kafka_bootstrap, s.inbound_topic, second, rate=3000)
         ids = {r["message_id"] for r in first + second}
@@ -216,6 +225,14 @@ async def test_a_rebalance_commits_what_the_commit_interval_held_back(kafka_boot
         # revocation, whichever worker got a partition re-decided it from wa's first commit on
         # (with the listener removed: 4,742 of all 6,000 messages decided twice)
         assert redecided == [], f"{len(redecided)} of the first {len(first)} messages decided twice"
+        # samex_consumer_lag: each worker reports exactly the partitions it owns (wa dropped the ones
+        # the rebalance took), so the series summed over workers are the group's lag; all caught up
+        for w, client in ((a, "samex-wa"), (b, "samex-wb")):
+            want = dict.fromkeys(assigned[client], 0.0)
+            deadline = time.monotonic() + 20
+            while (seen := lag_series(w, s.inbound_topic)) != want and time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+            assert seen == want, (client, seen, want)
     finally:
         a.stop()
         if b is not None:

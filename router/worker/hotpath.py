@@ -23,6 +23,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from router.kafkaio import consumer
 from router.worker.batchsend import BatchSender
+from router.worker.lag import LagReporter
 
 log = logging.getLogger("samex.worker")
 
@@ -46,8 +47,9 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
                  session_timeout_ms=10000, heartbeat_interval_ms=1000, max_poll_interval_ms=300000,
                  fetch_max_wait_ms=settings.fetch_max_wait_ms)
     committer = Committer(c, settings.commit_interval_ms / 1000)
+    lag = LagReporter(c, runtime.metrics.consumer_lag, settings.lag_report_interval_s)
     await c.start()
-    c.subscribe([settings.inbound_topic], listener=CommitOnRevoke(committer))
+    c.subscribe([settings.inbound_topic], listener=CommitOnRevoke(committer, lag))
     runtime.consumer = c
     from router.worker.release import Releaser
 
@@ -74,6 +76,7 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
     pending: tuple[list[Any], dict[Any, int], Any, list[Any]] | None = None
     batch_records = runtime.metrics.batch_records
     committer.start()
+    lag.start()
     try:
         while not stop.is_set():
             # no waiting for input while a batch is in flight or parked messages can be released
@@ -88,7 +91,7 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
                 result = runtime.core.process(records)
                 futures = await sender.enqueue(result.outputs)
             if pending is not None:
-                await _complete(c, runtime, sender, *pending, committer=committer)
+                await _complete(c, runtime, sender, *pending, committer=committer, lag=lag)
                 pending = None
             if batch:
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
@@ -99,14 +102,15 @@ async def run_hot_path(runtime: Any, stop: asyncio.Event) -> None:
                 # as drained when no park is in flight. Kept in flight instead, under steady traffic
                 # every batch parks another message behind the release, and the release never ends.
                 if pending is not None:
-                    await _complete(c, runtime, sender, *pending, committer=committer)
+                    await _complete(c, runtime, sender, *pending, committer=committer, lag=lag)
                     pending = None
                 await releaser.step(sender, settings.release_batch_max)
         if pending is not None:
-            await _complete(c, runtime, sender, *pending, committer=committer)
+            await _complete(c, runtime, sender, *pending, committer=committer, lag=lag)
         await committer.flush()
     finally:
         committer.stop()
+        lag.stop()
         with contextlib.suppress(Exception):
             await releaser.stop()
         with contextlib.suppress(Exception):
@@ -203,20 +207,23 @@ class CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before a rebalance takes partitions away, commit the acknowledged offsets still waiting for
     the commit interval: the new owner then re-processes only what was in flight."""
 
-    def __init__(self, committer: Committer) -> None:
+    def __init__(self, committer: Committer, lag: LagReporter | None = None) -> None:
         self.committer = committer
+        self.lag = lag
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         task = self.committer.task
         if revoked and task is not None and not task.done():  # not after the hot path has stopped
             await self.committer.revoke(revoked)
+        if self.lag is not None:
+            self.lag.forget(revoked)  # their lag is the new owner's to report
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
         return None
 
 
 async def _complete(c: Any, runtime: Any, sender: BatchSender, futures: list[Any], offsets: dict[Any, int],
-                    result: Any, last: list[Any], committer: Committer) -> None:
+                    result: Any, last: list[Any], committer: Committer, lag: LagReporter | None = None) -> None:
     """Wait for a batch's acknowledgements (re-sending it whole on failure), then offer its offsets
     to the committer."""
     try:
@@ -244,13 +251,7 @@ async def _complete(c: Any, runtime: Any, sender: BatchSender, futures: list[Any
                     extra={"partitions": len(offsets) - len(mine)})
     if mine:
         committer.offer(mine)
-    for tp, offset in last:
-        if tp not in assigned:
-            continue
-        try:
-            hw = c.highwater(tp)
-        except AssertionError:  # aiokafka asserts when a rebalance took the partition meanwhile
-            continue
-        if hw is not None:
-            runtime.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - offset - 1))
+    if lag is not None:
+        for tp, offset in last:
+            lag.acknowledged(tp, offset)
     runtime.last_batch_at = time.time()

@@ -1,0 +1,92 @@
+"""``samex_consumer_lag``: records behind the end of each inbound partition this worker owns.
+
+Updated two ways. After each acknowledged batch, from the consumer's high watermark (fresh, free).
+And every few seconds for every assigned partition, from the broker's end offsets: so the gauge
+keeps growing while the hot path is stuck (a batch that never completes updates nothing), and a
+partition without traffic still shows. A partition that moves to another worker loses its series
+here at once (on revocation, and at the next report), so that the workers' series never overlap:
+summed over workers they are the group's lag, not more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+log = logging.getLogger("samex.worker")
+
+
+class LagReporter:
+    def __init__(self, consumer: Any, gauge: Any, interval_s: float = 5.0) -> None:
+        self.c = consumer
+        self.gauge = gauge
+        self.interval_s = interval_s
+        self.done: dict[Any, int] = {}  # partition -> next offset to decide, from acknowledged batches
+        self.shown: set[tuple[str, int]] = set()  # label pairs this worker exports
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def acknowledged(self, tp: Any, last_offset: int) -> None:
+        """A batch up to ``last_offset`` of ``tp`` is acknowledged: update its lag now."""
+        if tp not in self.c.assignment():
+            return
+        self.done[tp] = last_offset + 1
+        try:
+            hw = self.c.highwater(tp)
+        except AssertionError:  # aiokafka asserts when a rebalance took the partition meanwhile
+            return
+        if hw is not None:
+            self._set(tp, hw - last_offset - 1)
+
+    def forget(self, tps: Any) -> None:
+        """Partitions moved away: drop their series."""
+        for tp in tps:
+            self.done.pop(tp, None)
+            key = (tp.topic, tp.partition)
+            if key in self.shown:
+                self.shown.discard(key)
+                with contextlib.suppress(KeyError):
+                    self.gauge.remove(tp.topic, str(tp.partition))
+
+    def _set(self, tp: Any, lag: int) -> None:
+        self.gauge.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+        self.shown.add((tp.topic, tp.partition))
+
+    async def report(self) -> None:
+        """Every assigned partition's lag from the broker's end offsets; series of others dropped."""
+        assigned = set(self.c.assignment())
+        self.forget([tp for tp in self.done if tp not in assigned])
+        for topic, partition in list(self.shown):
+            if not any(tp.topic == topic and tp.partition == partition for tp in assigned):
+                self.shown.discard((topic, partition))
+                with contextlib.suppress(KeyError):
+                    self.gauge.remove(topic, str(partition))
+        if not assigned:
+            return
+        ends = await self.c.end_offsets(list(assigned))
+        for tp in assigned:
+            done = self.done.get(tp)
+            if done is None:  # nothing decided here yet: from the group's committed offset
+                done = await self.c.committed(tp)
+                if done is None:
+                    done = (await self.c.beginning_offsets([tp]))[tp]
+            if tp in self.c.assignment():  # still ours after the awaits
+                self._set(tp, ends[tp] - done)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.report()
+            except (KafkaError, AssertionError, KeyError) as exc:  # a rebalance or the broker: next time
+                log.info("consumer lag not reported this round", extra={"error": repr(exc)})
