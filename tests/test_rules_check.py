@@ -71,6 +71,19 @@ def test_duplicate_route_id_names_both_places(rules):
     assert f"{path}:{second}: duplicate route id 'remiss-sjukhus' (also at {path}:{first})" in r.output, r.output
 
 
+def test_control_characters_are_a_line_not_a_traceback(rules):
+    route = rules / "routes" / "etapp-4-vastra.yaml"
+    lines = route.read_text().count("\n")
+    with route.open("a") as fh:
+        fh.write("# pasted \x1b[0m\n")
+    csv = rules / "units.csv"
+    csv.write_text(csv.read_text().replace("\n", "\n\0", 1))
+    r = run(rules)
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
+    assert f"{route}:{lines + 1}: YAML error: U+001B is not allowed" in r.output, r.output
+    assert f"{csv}:2: a NUL character is not allowed" in r.output, r.output
+
+
 def test_yaml_syntax_error_has_line(rules):
     path = rules / "plan.yaml"
     text = path.read_text().splitlines()

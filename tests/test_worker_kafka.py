@@ -16,6 +16,7 @@ from router.codec import MAGIC, default_codec
 from router.rules.engine import Engine
 from router.rules.load import load_rules
 from router.topics import ensure_router_topics
+from router.worker.control import etapp_record
 from tests.kafka_helpers import (
     SAMEX,
     WorkerProcess,
@@ -27,6 +28,7 @@ from tests.kafka_helpers import (
     synth_records,
     topic_settings,
 )
+from tests.ops_helpers import metric_sum
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parent.parent
@@ -157,6 +159,26 @@ async def test_hot_rule_reload_within_a_second_and_refusal(kafka_bootstrap, topi
         forced = subprocess.run([SAMEX, "rules", "publish", str(broken), "--force-invalid"], env=settings_env(s),
                                 capture_output=True, text=True)
         assert forced.returncode == 0, forced.stderr
+        # a rule file with a control character (pasted from a terminal): refused by publish with its
+        # file and line, no traceback; forced anyway, refused by the worker
+        pasted = tmp_path / "pasted"
+        shutil.copytree(new_dir, pasted)
+        with (pasted / "routes" / "etapp-4-vastra.yaml").open("a") as fh:
+            fh.write("# pasted \x1b[0m\n")
+        refused = subprocess.run([SAMEX, "rules", "publish", str(pasted)], env=settings_env(s),
+                                 capture_output=True, text=True)
+        assert refused.returncode == 1 and "etapp-4-vastra.yaml:" in refused.stderr + refused.stdout, refused
+        assert "Traceback" not in refused.stderr + refused.stdout
+        assert subprocess.run([SAMEX, "rules", "publish", str(pasted), "--force-invalid"], env=settings_env(s),
+                              capture_output=True).returncode == 0
+        # records no worker may stop on: bytes that are no control record, etapp changes with missing
+        # fields or a detail that is not JSON
+        bad_etapp = {**etapp_record("etapp-4-vastra", "hold", 0, "qa", "test"), "etapp": None, "state": None,
+                     "effective_ms": None}
+        bad_detail = {**etapp_record("etapp-4-vastra", "hold", 0, "qa", "test"), "detail": "{not json"}
+        await produce_raw(kafka_bootstrap, s.control_topic, [
+            (b"rules:garbage", b"\x00garbage"), (b"etapp:x:1", codec.encode("control", bad_etapp)),
+            (b"etapp:x:2", codec.encode("control", bad_detail))])
         await asyncio.sleep(2)
         stop.set()
         await feeder
@@ -174,10 +196,24 @@ async def test_hot_rule_reload_within_a_second_and_refusal(kafka_bootstrap, topi
         assert not late_old
         assert {d["rules_version"] for d in decisions} == {ENGINE.version, new_version}
         metrics = w.get("/metrics").decode()
-        assert 'samex_rules_refused_total{reason="invalid_rules"} 1.0' in metrics
+        assert 'samex_rules_refused_total{reason="invalid_rules"} 2.0' in metrics
+        assert 'samex_rules_refused_total{reason="not_a_control_record"} 1.0' in metrics
+        assert 'samex_rules_refused_total{reason="invalid_etapp_state"} 2.0' in metrics
         assert f'samex_rules_info{{version="{new_version}"}} 1.0' in metrics
         assert w.proc.poll() is None
         log = w.log.read_text()
-        assert "rule set refused" in log
+        assert "rule set refused" in log and "control record refused" in log
+        # a worker that starts now reads all of it again: it runs, with the last valid set, and does
+        # not count those old refusals again (the alert would fire at every restart)
+        w.stop()
+        w = WorkerProcess(s, worker_id="w2").start()
+        w.wait_ready()
+        metrics = w.get("/metrics").decode()
+        assert f'samex_rules_info{{version="{new_version}"}} 1.0' in metrics
+        assert "samex_rules_refused_total{" not in metrics, [ln for ln in metrics.splitlines() if "refused" in ln]
+        assert "refused at start-up" in w.log.read_text()
+        await produce_records(kafka_bootstrap, s.inbound_topic, synth_records(50, seed=4242), stamp_now=True)
+        await asyncio.sleep(3)
+        assert metric_sum(w, "samex_messages_in_total") >= 50 and w.proc.poll() is None
     finally:
         w.stop()

@@ -113,6 +113,11 @@ def _yaml(texts: dict[str, str], name: str, label: str, problems: list[str]) -> 
 
 
 def _units(text: str, label: str, problems: list[str]) -> dict[str, UnitRow]:
+    nul = text.find("\0")
+    if nul >= 0:  # the csv module stops at a NUL byte with an error of its own; say where it is
+        problems.append(f"{label}:{text.count(chr(10), 0, nul) + 1}: a NUL character is not allowed in the "
+                        "unit directory")
+        return {}
     units: dict[str, UnitRow] = {}
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)

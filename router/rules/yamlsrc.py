@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import yaml
@@ -55,12 +56,17 @@ def _convert(node: Node, loader: yaml.SafeLoader) -> Any:
 
 def load_yaml(text: str) -> Any:
     """Parse one YAML document; raises :class:`YamlProblem` with a 1-based line."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader rejects control characters here already
+    except yaml.reader.ReaderError as exc:
+        raise _reader_problem(text, exc) from exc
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         return _convert(node, loader)
+    except yaml.reader.ReaderError as exc:
+        raise _reader_problem(text, exc) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -68,7 +74,18 @@ def load_yaml(text: str) -> Any:
     except yaml.YAMLError as exc:
         raise YamlProblem(1, f"YAML error: {exc}") from exc
     finally:
-        loader.dispose()
+        with contextlib.suppress(NameError):
+            loader.dispose()
+
+
+def _reader_problem(text: str, exc: yaml.reader.ReaderError) -> YamlProblem:
+    """A character YAML does not allow (a control character, NUL): its line and code point."""
+    pos = exc.position if isinstance(exc.position, int) else 0
+    line = text.count("\n", 0, pos) + 1
+    char = exc.character
+    code = f"U+{char:04X}" if isinstance(char, int) else (f"U+{ord(char):04X}" if isinstance(char, str) and
+                                                           len(char) == 1 else "a character")
+    return YamlProblem(line, f"YAML error: {code} is not allowed in a YAML file (a control character?)")
 
 
 def line_of(data: Any, loc: tuple[Any, ...]) -> int:

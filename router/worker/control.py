@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from router.codec import Codec, default_codec
-from router.errors import CodecError, RulesError, SamexError
+from router.errors import CodecError, RulesError
 from router.kafkaio import consumer, producer
 from router.rules.analysis import check_rules
 from router.rules.engine import Engine
@@ -67,6 +67,8 @@ def control_key(record: dict[str, Any]) -> bytes:
 
 
 def validate_texts(texts: dict[str, str], label_root: str = "rules") -> tuple[Engine | None, list[str]]:
+    if not isinstance(texts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in texts.items()):
+        return None, ["the rule set's files are not a mapping of file names to texts"]
     rules, problems = parse_rules(texts, label_root)
     if rules is None or problems:
         return None, problems or ["unusable rule set"]
@@ -87,7 +89,14 @@ async def publish(settings: Settings, record: dict[str, Any], codec: Codec | Non
 
 
 class ControlState:
-    """What the control topic says: the active engine and the etapp states. Refuses bad rule sets."""
+    """What the control topic says: the active engine and the etapp states. Refuses bad records.
+
+    No record can stop a worker: one that does not decode, a rule set that fails validation, an
+    etapp change with a missing or wrong field are each refused with a log line that says which
+    record and why, and ``on_refused`` (the worker's ``samex_rules_refused_total{reason}``). The
+    topic is compacted and read from the start at every start-up, so a refused record is met
+    again then: while ``live`` is False (catching up) it is logged as old news and not counted,
+    so that a restart does not raise the alert again for a record refused long ago."""
 
     def __init__(self, engine: Engine, on_rules: Callable[[Engine], None] | None = None,
                  on_refused: Callable[[str, list[str]], None] | None = None,
@@ -97,46 +106,97 @@ class ControlState:
         self.on_rules, self.on_refused, self.on_etapp = on_rules, on_refused, on_etapp
         self.replays: list[dict[str, Any]] = []
         self.applied = 0
+        self.live = True  # follow_control sets it False while it reads what was there at start-up
 
-    def apply_bytes(self, value: bytes | None, codec: Codec) -> None:
+    def apply_bytes(self, value: bytes | None, codec: Codec, offset: int | None = None) -> None:
         if value is None:
             return
         try:
             record = codec.decode_as("control", value)
         except CodecError as exc:
-            self._refuse("not_a_control_record", [f"control record does not decode: {exc}"])
+            self._refuse("not_a_control_record", [f"control record does not decode: {exc}"], offset)
             return
-        self.apply(record)
+        self.apply(record, offset)
 
-    def apply(self, record: dict[str, Any]) -> None:
+    def apply(self, record: dict[str, Any], offset: int | None = None) -> None:
         self.applied += 1
-        if record["type"] == "rules":
-            texts = record.get("rules_files") or {}
-            if record.get("rules_version") == self.engine.version:
-                return
-            engine, problems = validate_texts(texts)
-            if engine is None:
-                self._refuse("invalid_rules", problems)
-                return
-            self.engine = engine
-            log.info("rules switched", extra={"rules_version": engine.version, "who": record.get("who")})
-            if self.on_rules:
-                self.on_rules(engine)
-        elif record["type"] == "etapp_state":
-            detail = json.loads(record.get("detail") or "{}")
-            change = EtappChange(record["etapp"], record["state"], int(record["effective_ms"]), record["at_ms"],
-                                 record["who"], record.get("why") or "", detail.get("hold_until_ms"))
-            self.states.apply(change)
-            if self.on_etapp:
-                self.on_etapp(change)
-        elif record["type"] == "replay":
-            self.replays.append(record)
+        try:
+            kind = record.get("type")
+            if kind == "rules":
+                self._apply_rules(record, offset)
+            elif kind == "etapp_state":
+                change = etapp_change(record, self.engine)
+                self.states.apply(change)
+                if self.on_etapp:
+                    self.on_etapp(change)
+            elif kind == "replay":
+                self.replays.append(record)
+        except ControlRecordError as exc:
+            self._refuse(exc.reason, [str(exc)], offset, record)
+        except Exception as exc:  # never let a control record stop the worker
+            self._refuse("invalid_control_record", [f"{type(exc).__name__}: {exc}"], offset, record)
 
-    def _refuse(self, reason: str, problems: list[str]) -> None:
-        log.error("rule set refused; the previous set stays active",
-                  extra={"reason": reason, "problems": problems[:5], "rules_version": self.engine.version})
+    def _apply_rules(self, record: dict[str, Any], offset: int | None) -> None:
+        texts = record.get("rules_files") or {}
+        if record.get("rules_version") == self.engine.version:
+            return
+        engine, problems = validate_texts(texts)
+        if engine is None:
+            self._refuse("invalid_rules", problems, offset, record)
+            return
+        self.engine = engine
+        log.info("rules switched", extra={"rules_version": engine.version, "who": record.get("who")})
+        if self.on_rules:
+            self.on_rules(engine)
+
+    def _refuse(self, reason: str, problems: list[str], offset: int | None,
+                record: dict[str, Any] | None = None) -> None:
+        what = "rule set" if record is not None and record.get("type") == "rules" else "control record"
+        extra = {"reason": reason, "problems": problems[:5], "control_offset": offset,
+                 "record_type": record.get("type") if record else None,
+                 "refused_version": record.get("rules_version") if record else None,
+                 "who": record.get("who") if record else None, "rules_version": self.engine.version}
+        if not self.live:
+            log.warning(f"{what} refused at start-up (on the control topic since before this worker started; "
+                        "not counted again); the previous state stays", extra=extra)
+            return
+        log.error(f"{what} refused; the previous state stays", extra=extra)
         if self.on_refused:
             self.on_refused(reason, problems)
+
+
+class ControlRecordError(ValueError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def etapp_change(record: dict[str, Any], engine: Engine | None = None) -> EtappChange:
+    """The etapp change a control record says, checked field by field (ControlRecordError if not)."""
+    from router.decision import ETAPP_STATES
+
+    etapp, state, effective, at = (record.get(k) for k in ("etapp", "state", "effective_ms", "at_ms"))
+    if not isinstance(etapp, str) or not etapp:
+        raise ControlRecordError("invalid_etapp_state", "etapp change without an etapp id")
+    if state not in ETAPP_STATES:
+        raise ControlRecordError("invalid_etapp_state", f"etapp change for {etapp}: state {state!r} is not one of "
+                                 f"{', '.join(ETAPP_STATES)}")
+    if not isinstance(effective, int) or not isinstance(at, int):
+        raise ControlRecordError("invalid_etapp_state", f"etapp change for {etapp}: effective_ms and at_ms must be "
+                                 "epoch milliseconds")
+    try:
+        detail = json.loads(record.get("detail") or "{}")
+    except ValueError:
+        raise ControlRecordError("invalid_etapp_state", f"etapp change for {etapp}: detail is not JSON") from None
+    hold_until = detail.get("hold_until_ms") if isinstance(detail, dict) else None
+    if hold_until is not None and not isinstance(hold_until, int):
+        raise ControlRecordError("invalid_etapp_state", f"etapp change for {etapp}: hold_until_ms is not an instant")
+    if engine is not None and etapp not in engine.golive_ms:
+        # kept (a later rule set may add the etapp), but said: a typo here is otherwise silent
+        log.warning("etapp change for an etapp the active rule set does not have", extra={"etapp": etapp,
+                    "state": state, "rules_version": engine.version})
+    return EtappChange(etapp, state, effective, at, record.get("who") or "unknown", record.get("why") or "",
+                       hold_until)
 
 
 async def follow_control(settings: Settings, state: ControlState, stop: asyncio.Event,
@@ -155,10 +215,14 @@ async def follow_control(settings: Settings, state: ControlState, stop: asyncio.
             batch = await c.getmany(timeout_ms=poll_ms, max_records=500)
             for recs in batch.values():
                 for r in recs:
+                    # records that were there at start-up are old news: refusals among them not counted
+                    state.live = r.offset >= end[TopicPartition(r.topic, r.partition)]
                     try:
-                        state.apply_bytes(r.value, codec)
-                    except SamexError as exc:  # never let a control record stop the worker
-                        log.error("control record failed", extra={"error": str(exc)})
+                        state.apply_bytes(r.value, codec, r.offset)
+                    except Exception as exc:  # never let a control record stop the worker
+                        log.error("control record failed", extra={"error": repr(exc)[:300], "control_offset": r.offset})
+                    finally:
+                        state.live = True
             if caught_up is not None and not caught_up.is_set():
                 positions = {tp: await c.position(tp) for tp in tps}
                 if all(positions[tp] >= end[tp] for tp in tps):
