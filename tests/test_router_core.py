@@ -18,7 +18,7 @@ from router.rules.engine import Engine
 from router.rules.load import load_rules
 from router.settings import load_settings
 from router.synth import load_units, traffic
-from router.worker.core import InRecord, RouterCore, observe_many, observe_since_ms
+from router.worker.core import SOURCE_LABELS_MAX, InRecord, RouterCore, observe_many, observe_since_ms
 from router.worker.states import EtappChange, StateBook
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +82,31 @@ def test_every_input_gets_exactly_one_decision_and_routed_outputs_match_it():
     assert not any(p.encode() in blob or p[2:].encode() in blob for p in pnrs)
     text = reg.get_sample_value("samex_messages_in_total", {"source": "synth", "kind": "remiss"})
     assert text == sum(1 for r in recs if r["kind"] == "remiss")
+
+
+def test_source_labels_never_carry_identifiers_and_stay_few():
+    recs = records(300)  # the first 100 keep source "synth", seen first
+    odd = ["191212121212", "mllp-in:19121212-1212", "3f2b8c1e-1d2a-4c1b-9f1e-2a3b4c5d6e7f", "x" * 5000,
+           "MLLP-IN", *[f"sender-{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(100)]]
+    for r, source in zip(recs[100:], odd, strict=False):
+        r["source"] = source
+    core, reg = make_core()
+    keyed = [InRecord("samex.in", 0, i, b"k" * 64, CODEC.encode("envelope", r)) for i, r in enumerate(recs)]
+    core.process([*keyed, InRecord("samex.in", 0, 999, b"k" * 64, b"garbage")])
+    labels = {s.labels["source"] for m in reg.collect() for s in m.samples
+              if s.name in ("samex_messages_in_total", "samex_last_message_timestamp_seconds")}
+    assert labels <= {"synth", "invalid", "other", "unknown"} | {f"sender-{a}{b}" for a in "abcd" for b in
+                                                                "abcdefghijklmnopqrstuvwxyz"}
+    assert {"synth", "invalid", "other", "unknown"} <= labels  # "unknown": the undecodable record, counted in
+    assert len(labels - {"synth", "invalid", "other", "unknown"}) == SOURCE_LABELS_MAX - 1  # synth took one
+    assert sum(reg.get_sample_value("samex_messages_in_total", {"source": "invalid", "kind": k}) or 0
+               for k in ("remiss", "lab_order", "lab_result", "info")) == 5
+    total_in = sum(s.value for m in reg.collect() for s in m.samples if s.name == "samex_messages_in_total")
+    assert total_in == len(keyed) + 1
+    # the undecodable record's decision is keyed like the record: on the patient's partition
+    dec = [o for o in core.process([InRecord("samex.in", 0, 1000, b"k" * 64, b"garbage")]).outputs
+           if o.topic == "samex.decisions"]
+    assert dec[0].key == b"k" * 64
 
 
 def test_kept_decision_bytes_equal_freshly_encoded_ones():

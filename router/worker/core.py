@@ -7,6 +7,7 @@ same code runs in the faust agent, in offline tests and in the benchmark.
 from __future__ import annotations
 
 import bisect
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,6 +26,13 @@ from router.worker.decisionenc import DecisionEncoder
 from router.worker.states import StateBook
 
 DEAD_LETTER_KEEP_BYTES = 64 * 1024
+# The envelope's ``source`` becomes a metric label (messages in, last message per source). It is
+# sender-controlled text, so only names shaped like a connector ("mllp-in", "fhir-in:millennium",
+# "sim:elvis") pass, without a run of 6 digits, and at most SOURCE_LABELS_MAX of them per worker:
+# a personnummer, a message id or a flood of names never becomes a label or a series.
+_SOURCE_SHAPE = re.compile(r"^[a-z][a-z0-9-]{0,23}(:[a-z][a-z0-9-]{0,31})?$")
+_DIGIT_RUN = re.compile(r"\d{6}")
+SOURCE_LABELS_MAX = 64
 # Decision.outcome -> the decision record's outcome symbol
 RECORD_OUTCOME = {"routed": "routed", "park": "parked", "dead_letter": "dead_letter"}
 _KEPT_MAX = 50_000
@@ -137,6 +145,27 @@ class RouterCore:
         self._kept: dict[int, tuple[Decision, tuple[Header, ...], bytes | None]] = {}
         self._reader = RoutingReader(codec)
         self._out_topics: dict[str, str] = {}  # system -> its destination topic
+        self._source_labels: dict[str, str] = {}  # envelope source -> its metric label (source_label)
+        self._sources_seen: set[str] = set()
+
+    def source_label(self, source: str | None) -> str:
+        """The metric label for an envelope's ``source``: itself if shaped like a connector name and
+        among the first SOURCE_LABELS_MAX such names, else "invalid" / "other" (see _SOURCE_SHAPE)."""
+        if not source:
+            return "unknown"
+        label = self._source_labels.get(source)
+        if label is None:
+            if len(source) > 57 or not _SOURCE_SHAPE.match(source) or _DIGIT_RUN.search(source):
+                label = "invalid"
+            elif source in self._sources_seen or len(self._sources_seen) < SOURCE_LABELS_MAX:
+                self._sources_seen.add(source)
+                label = source
+            else:
+                label = "other"
+            if len(self._source_labels) > 4 * SOURCE_LABELS_MAX:
+                self._source_labels.clear()  # a flood of odd names: keep the memo small
+            self._source_labels[source] = label
+        return label
 
     # -- one batch ------------------------------------------------------------------------------
     def process(self, records: Sequence[InRecord], now_ms: int | None = None, replay_id: str | None = None,
@@ -182,9 +211,12 @@ class RouterCore:
                 reason = (f"record of {len(value)} bytes exceeds the {self.settings.max_record_bytes}-byte limit; "
                           f"dead letter keeps the first {DEAD_LETTER_KEEP_BYTES} bytes")
                 self._dead(outs, rec, None, "oversized", reason, value[:DEAD_LETTER_KEEP_BYTES], engine, now_ms)
+                # keyed like the record (the patient hash), so the decision lies on the patient's partition
                 outs.append(self._decision_record(rec, mid, None, None, engine.version, now_ms, 0, reason,
-                                                  "dead_letter", None, replay_id))
+                                                  "dead_letter", rec.key, replay_id))
                 dead_c["oversized"] += 1
+                if not released:
+                    in_c[("unknown", "unknown")] += 1  # counted in, as every input is
                 decisions.append((mid, None))
                 continue
             try:
@@ -203,13 +235,15 @@ class RouterCore:
                 code = _code_of(exc)
                 self._dead(outs, rec, None, code, str(exc), value, engine, now_ms)
                 outs.append(self._decision_record(rec, mid, None, None, engine.version, now_ms, 0, str(exc),
-                                                  "dead_letter", None, replay_id))
+                                                  "dead_letter", rec.key, replay_id))
                 dead_c[code] += 1
+                if not released:
+                    in_c[("unknown", "unknown")] += 1
                 decisions.append((mid, None))
                 continue
             kind = env["kind"]
             if not released:
-                source = env.get("source") or "unknown"
+                source = self.source_label(env.get("source"))
                 in_c[(source, kind)] += 1
                 last_seen[source] = env["received_time_ms"]
             t0 = perf()
