@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def worker(bootstrap: str | None, rules_dir: Path | None, web_port: int | None, 
     engine = runtime.core.engine
     asyncio.run(ensure_router_topics(settings, engine.systems, engine.golive_ms))
     app, _ = build_app(settings, runtime)
+    logging.getLogger("samex.worker").info(
+        "worker starting", extra={"worker": settings.worker_id, "group": settings.group_id,
+                                  "inbound": settings.inbound_topic, "rules_version": engine.version,
+                                  "metrics": f"http://{settings.web_host}:{settings.web_port}/metrics"})
     w = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False,
                      console_port=0)
     w.spinner = None  # faust's start-up spinner writes terminal control bytes into the JSON log stream
