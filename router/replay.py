@@ -10,7 +10,6 @@ record on the control topic, which the trace index shows as a "replayed" hop.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -22,7 +21,7 @@ from router.codec import Codec, default_codec
 from router.envelopereader import RoutingReader
 from router.errors import CodecError, ConfigError, SamexError
 from router.rules.engine import Engine
-from router.worker.states import EtappChange, StateBook
+from router.worker.states import StateBook
 
 DEFAULT_MAX = 100
 AUDIT_IDS = 5000
@@ -137,15 +136,22 @@ class Control:
 
 
 def read_control_records(records: list[dict[str, Any]]) -> Control:
+    """The control topic as the workers read it: a rule set they would refuse never becomes the active
+    one here, and an etapp change they would refuse (missing or wrong fields) is skipped."""
+    from router.worker.control import ControlRecordError, etapp_change, validate_texts
+
     c = Control()
     for r in records:
-        if r["type"] == "rules" and r.get("rules_files"):
-            c.published[r["rules_version"]] = dict(r["rules_files"])
-            c.active_texts = dict(r["rules_files"])
-        elif r["type"] == "etapp_state":
-            detail = json.loads(r.get("detail") or "{}")
-            c.states.apply(EtappChange(r["etapp"], r["state"], int(r["effective_ms"]), r["at_ms"], r["who"],
-                                       r.get("why") or "", detail.get("hold_until_ms")))
+        if r.get("type") == "rules" and r.get("rules_files"):
+            texts = dict(r["rules_files"])
+            if r.get("rules_version") in c.published or validate_texts(texts)[0] is not None:
+                c.published[r["rules_version"]] = texts
+                c.active_texts = texts
+        elif r.get("type") == "etapp_state":
+            try:
+                c.states.apply(etapp_change(r))
+            except ControlRecordError:
+                continue
     return c
 
 

@@ -60,11 +60,17 @@ def test_lag_grows_while_nothing_is_acknowledged_and_leaves_with_the_partition()
     assert series(reg) == {0: 0.0, 1: 3.0}
     lag.forget({P1})  # revoked: another worker reports it now
     assert series(reg) == {0: 0.0}
-    c.assigned = {P0}
+    # aiokafka lists a revoked partition until the new assignment arrives: meanwhile neither a report
+    # nor a late batch of it brings its series back
     c.ends[P1] = 99
     asyncio.run(lag.report())
-    lag.acknowledged(P1, 98)  # a late batch of a partition no longer ours changes nothing
+    lag.acknowledged(P1, 98)
+    assert c.assignment() == {P0, P1} and series(reg) == {0: 0.0}
+    lag.assigned({P0})  # the new assignment
+    c.assigned = {P0}
+    asyncio.run(lag.report())
     assert series(reg) == {0: 0.0}
+    lag.assigned(set())
     c.assigned = set()
     asyncio.run(lag.report())
     assert series(reg) == {}

@@ -144,6 +144,20 @@ def test_recorded_etapp_states_are_applied_at_the_decided_instant():
     assert before.outcome == "routed"
 
 
+def test_control_records_the_workers_refuse_are_skipped_as_they_are():
+    """A replay reads the control topic as the workers do: a forced invalid rule set never becomes the
+    active one, and an etapp change with missing fields or a detail that is not JSON is skipped."""
+    good = read_rule_texts(REPO / "rules")
+    broken = {**good, "routes/base.yaml": "routes: ["}
+    at = int(time.time() * 1000)
+    bad_fields = {**etapp_record("etapp-4-vastra", "hold", at, "a", "x"), "etapp": None, "effective_ms": None}
+    bad_detail = {**etapp_record("etapp-4-vastra", "hold", at, "a", "x"), "detail": "{not json"}
+    control = read_control_records([rules_record(good, "a", "ok"), rules_record(broken, "a", "forced"), bad_fields,
+                                    bad_detail, etapp_record("etapp-4-vastra", "paused", at - 1000, "a", "ok")])
+    assert control.active_texts == good and list(control.published) == [ENGINE.version]
+    assert control.states.at(at) == {"etapp-4-vastra": "paused"}
+
+
 def test_filters():
     e = envs(50)
     f = e[0]

@@ -103,10 +103,15 @@ def test_source_labels_never_carry_identifiers_and_stay_few():
                for k in ("remiss", "lab_order", "lab_result", "info")) == 5
     total_in = sum(s.value for m in reg.collect() for s in m.samples if s.name == "samex_messages_in_total")
     assert total_in == len(keyed) + 1
-    # the undecodable record's decision is keyed like the record: on the patient's partition
-    dec = [o for o in core.process([InRecord("samex.in", 0, 1000, b"k" * 64, b"garbage")]).outputs
-           if o.topic == "samex.decisions"]
-    assert dec[0].key == b"k" * 64
+    # an undecodable record's decision is keyed like the record when that key is a patient key (on the
+    # patient's partition); any other key (binary, empty, a raw identifier) is not copied, and never fails
+    patient = b"0123456789abcdef" * 4
+    odd_keys = [patient, b"\xff\xfe-x", b"", b"191212121212", b"k" * 64]
+    big = b"x" * (core.settings.max_record_bytes + 1)
+    res = core.process([InRecord("samex.in", 0, 1000 + i, k, v) for i, k in enumerate(odd_keys)
+                        for v in (b"garbage", big)])
+    keys = [o.key for o in res.outputs if o.topic == "samex.decisions"]
+    assert keys == [patient, patient] + [None] * 8
 
 
 def test_kept_decision_bytes_equal_freshly_encoded_ones():

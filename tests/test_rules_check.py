@@ -84,6 +84,18 @@ def test_control_characters_are_a_line_not_a_traceback(rules):
     assert f"{csv}:2: a NUL character is not allowed" in r.output, r.output
 
 
+def test_unreadable_csv_and_pathological_yaml_are_problems_not_tracebacks(rules):
+    csv = rules / "units.csv"
+    lines = csv.read_text().splitlines()
+    lines[2] = '"' + lines[2]  # a quote never closed, and enough rows after it to overflow a field
+    csv.write_text("\n".join(lines + ["x" * 200] * 1000) + "\n")
+    (rules / "routes" / "etapp-4-vastra.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    r = run(rules)
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
+    assert f"{csv}:" in r.output and "not readable as CSV" in r.output, r.output
+    assert "etapp-4-vastra.yaml:1: YAML error: nested too deeply" in r.output, r.output
+
+
 def test_yaml_syntax_error_has_line(rules):
     path = rules / "plan.yaml"
     text = path.read_text().splitlines()

@@ -103,3 +103,30 @@ def test_a_rule_with_new_destinations_says_so(new):
     assert all(ln.startswith("at all times: lab_order to lokalt_lab units") for ln in lines), lines
     assert all("labcenter -> labcenter, sectra-ids7" in ln and "rule lab-order-lokalt-lab changed its "
                "destinations" in ln for ln in lines), lines
+
+
+def test_a_destination_change_for_some_senders_is_not_hidden_by_a_rule_change_for_all(new):
+    """A new catch-all rule with the old destinations, and above it a rule for private senders only
+    that sends elsewhere: the diff must report the private senders' destination change."""
+    with (new / "routes" / "base.yaml").open("a") as fh:
+        fh.write("""
+  - id: remiss-sjukhus-alla
+    kind: remiss
+    receiver: {unit_type: [sjukhus, forlossning]}
+    priority: 200
+    live: [millennium]
+    not_live: [elvis]
+
+  - id: remiss-sjukhus-fran-privat
+    kind: remiss
+    receiver: {unit_type: [sjukhus, forlossning]}
+    sender: {unit_type: [privat]}
+    priority: 300
+    live: [millennium]
+    not_live: [melior]
+""")
+    lines = change_lines(new, 1)
+    moved = [ln for ln in lines if "elvis -> melior" in ln]
+    assert moved and all("rule remiss-sjukhus-fran-privat now decides instead of remiss-sjukhus" in ln
+                         for ln in moved), lines
+    assert pairs_changing(new) > 0

@@ -30,11 +30,20 @@ HELP = {
 async def read_control(settings: Any) -> list[dict[str, Any]]:
     """Every record on the control topic, in order."""
     from router.codec import default_codec
+    from router.errors import CodecError
     from router.kafkaio import read_to_end
 
     codec = default_codec()
     recs = await read_to_end(settings.kafka_bootstrap, settings.control_topic)
-    return [codec.decode_as("control", r.value) for r in sorted(recs, key=lambda r: r.offset) if r.value is not None]
+    out = []
+    for r in sorted(recs, key=lambda r: r.offset):
+        if r.value is None:
+            continue
+        try:
+            out.append(codec.decode_as("control", r.value))
+        except CodecError as exc:  # the workers refuse it too; it must not block the tools
+            click.echo(f"warning: control record at offset {r.offset} skipped: {exc}", err=True)
+    return out
 
 
 def _engine(settings: Any, records: list[dict[str, Any]]) -> Any:

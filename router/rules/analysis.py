@@ -191,14 +191,15 @@ def diff_rules(old: RuleSet, new: RuleSet) -> list[Change]:
             open_change: Change | None = None
             for since, at, until in probes:
                 found: Change | None = None
-                for sender in senders:
+                for sender in senders:  # every class of sender: a destination change wins over a rule-only one
                     before = _outcome(a, hsa, kind, at, sender)
                     after = _outcome(b, hsa, kind, at, sender)
-                    if before != after:
+                    if before != after and (found is None or (not found.dest_change and before[0] != after[0])):
                         found = Change(kind, hsa, unit.unit_type, unit.etapp, since, until, before[0], after[0],
                                        before[1], after[1], _causes(a, b, hsa, before[1], after[1], targets),
                                        before[0] != after[0])
-                        break
+                        if found.dest_change:
+                            break
                 if open_change is not None and found is not None and _same_change(open_change, found):
                     open_change = dataclasses.replace(open_change, until_ms=found.until_ms)  # one interval
                     continue

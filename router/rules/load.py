@@ -113,13 +113,21 @@ def _yaml(texts: dict[str, str], name: str, label: str, problems: list[str]) -> 
 
 
 def _units(text: str, label: str, problems: list[str]) -> dict[str, UnitRow]:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        return _unit_rows(reader, text, label, problems)
+    except csv.Error as exc:  # an unclosed quote running on, a bare carriage return, ...
+        problems.append(f"{label}:{reader.line_num or 1}: not readable as CSV: {exc}")
+        return {}
+
+
+def _unit_rows(reader: Any, text: str, label: str, problems: list[str]) -> dict[str, UnitRow]:
     nul = text.find("\0")
     if nul >= 0:  # the csv module stops at a NUL byte with an error of its own; say where it is
         problems.append(f"{label}:{text.count(chr(10), 0, nul) + 1}: a NUL character is not allowed in the "
                         "unit directory")
         return {}
     units: dict[str, UnitRow] = {}
-    reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or [h.strip() for h in header] != CSV_COLUMNS:
         problems.append(f"{label}:1: header must be {','.join(CSV_COLUMNS)}")

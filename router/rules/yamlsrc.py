@@ -73,6 +73,10 @@ def load_yaml(text: str) -> Any:
         raise YamlProblem(line, f"YAML error: {exc.problem or exc.context}") from exc
     except yaml.YAMLError as exc:
         raise YamlProblem(1, f"YAML error: {exc}") from exc
+    except RecursionError as exc:
+        raise YamlProblem(1, "YAML error: nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise YamlProblem(1, f"YAML error: a value that cannot be read ({str(exc)[:120]})") from exc
     finally:
         with contextlib.suppress(NameError):
             loader.dispose()

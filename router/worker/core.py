@@ -33,6 +33,14 @@ DEAD_LETTER_KEEP_BYTES = 64 * 1024
 _SOURCE_SHAPE = re.compile(r"^[a-z][a-z0-9-]{0,23}(:[a-z][a-z0-9-]{0,31})?$")
 _DIGIT_RUN = re.compile(r"\d{6}")
 SOURCE_LABELS_MAX = 64
+_KEY_SHAPE = re.compile(rb"^[0-9a-f]{64}$")  # a patient key: the hex HMAC-SHA256 (identifiers.patient_key)
+
+
+def keyed_like_a_patient(key: bytes | None) -> bytes | None:
+    """``key`` if it is shaped like a patient key, else None: the key of a record that could not be
+    decoded is copied onto its decision only then (any other bytes could be anything, e.g. a raw
+    identifier, and would not decode as text)."""
+    return key if key is not None and _KEY_SHAPE.match(key) else None
 # Decision.outcome -> the decision record's outcome symbol
 RECORD_OUTCOME = {"routed": "routed", "park": "parked", "dead_letter": "dead_letter"}
 _KEPT_MAX = 50_000
@@ -213,7 +221,7 @@ class RouterCore:
                 self._dead(outs, rec, None, "oversized", reason, value[:DEAD_LETTER_KEEP_BYTES], engine, now_ms)
                 # keyed like the record (the patient hash), so the decision lies on the patient's partition
                 outs.append(self._decision_record(rec, mid, None, None, engine.version, now_ms, 0, reason,
-                                                  "dead_letter", rec.key, replay_id))
+                                                  "dead_letter", keyed_like_a_patient(rec.key), replay_id))
                 dead_c["oversized"] += 1
                 if not released:
                     in_c[("unknown", "unknown")] += 1  # counted in, as every input is
@@ -235,7 +243,7 @@ class RouterCore:
                 code = _code_of(exc)
                 self._dead(outs, rec, None, code, str(exc), value, engine, now_ms)
                 outs.append(self._decision_record(rec, mid, None, None, engine.version, now_ms, 0, str(exc),
-                                                  "dead_letter", rec.key, replay_id))
+                                                  "dead_letter", keyed_like_a_patient(rec.key), replay_id))
                 dead_c[code] += 1
                 if not released:
                     in_c[("unknown", "unknown")] += 1

@@ -219,7 +219,8 @@ class CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             self.lag.forget(revoked)  # their lag is the new owner's to report
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
-        return None
+        if self.lag is not None:
+            self.lag.assigned(assigned)
 
 
 async def _complete(c: Any, runtime: Any, sender: BatchSender, futures: list[Any], offsets: dict[Any, int],

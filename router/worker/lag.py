@@ -27,10 +27,28 @@ class LagReporter:
         self.interval_s = interval_s
         self.done: dict[Any, int] = {}  # partition -> next offset to decide, from acknowledged batches
         self.shown: set[tuple[str, int]] = set()  # label pairs this worker exports
+        # The partitions this worker owns, as the rebalance listener says (``assigned`` / ``forget``).
+        # Not the consumer's assignment(): aiokafka still lists revoked partitions until the new
+        # assignment arrives, and a batch or report finishing meanwhile would bring their series back.
+        # None until the first assignment (then the consumer's own view is all there is).
+        self.owned: set[Any] | None = None
         self.task: asyncio.Task[None] | None = None
+
+    def _owned(self) -> set[Any]:
+        return set(self.c.assignment()) if self.owned is None else self.owned
+
+    def assigned(self, tps: Any) -> None:
+        """The rebalance listener's new assignment."""
+        self.owned = set(tps)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
+        self.task.add_done_callback(self._ended)
+
+    @staticmethod
+    def _ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("consumer lag reporting stopped", extra={"error": repr(task.exception())[:300]})
 
     def stop(self) -> None:
         if self.task is not None:
@@ -38,7 +56,7 @@ class LagReporter:
 
     def acknowledged(self, tp: Any, last_offset: int) -> None:
         """A batch up to ``last_offset`` of ``tp`` is acknowledged: update its lag now."""
-        if tp not in self.c.assignment():
+        if tp not in self._owned():
             return
         self.done[tp] = last_offset + 1
         try:
@@ -50,6 +68,11 @@ class LagReporter:
 
     def forget(self, tps: Any) -> None:
         """Partitions moved away: drop their series."""
+        tps = set(tps)
+        if self.owned is not None:
+            self.owned -= tps
+        else:
+            self.owned = set(self.c.assignment()) - tps
         for tp in tps:
             self.done.pop(tp, None)
             key = (tp.topic, tp.partition)
@@ -64,7 +87,7 @@ class LagReporter:
 
     async def report(self) -> None:
         """Every assigned partition's lag from the broker's end offsets; series of others dropped."""
-        assigned = set(self.c.assignment())
+        assigned = set(self._owned())
         self.forget([tp for tp in self.done if tp not in assigned])
         for topic, partition in list(self.shown):
             if not any(tp.topic == topic and tp.partition == partition for tp in assigned):
@@ -77,10 +100,11 @@ class LagReporter:
         for tp in assigned:
             done = self.done.get(tp)
             if done is None:  # nothing decided here yet: from the group's committed offset
-                done = await self.c.committed(tp)
+                # (aiokafka retries committed() while the coordinator is unknown: bounded here)
+                done = await asyncio.wait_for(self.c.committed(tp), self.interval_s)
                 if done is None:
                     done = (await self.c.beginning_offsets([tp]))[tp]
-            if tp in self.c.assignment():  # still ours after the awaits
+            if tp in self._owned():  # still ours after the awaits
                 self._set(tp, ends[tp] - done)
 
     async def _run(self) -> None:
@@ -88,5 +112,9 @@ class LagReporter:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.report()
-            except (KafkaError, AssertionError, KeyError) as exc:  # a rebalance or the broker: next time
-                log.info("consumer lag not reported this round", extra={"error": repr(exc)})
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, AssertionError, KeyError, TimeoutError) as exc:  # a rebalance or the broker
+                log.info("consumer lag not reported this round", extra={"error": repr(exc)[:300]})
+            except Exception as exc:  # anything else: say so, and keep reporting
+                log.warning("consumer lag not reported this round", extra={"error": repr(exc)[:300]})
