@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
 from router.codec import MAGIC, default_codec
+from router.identifiers import patient_key
 from router.metrics import WorkerMetrics
 from router.rules.engine import Engine
 from router.rules.load import load_rules
 from router.settings import load_settings
-from router.synth import load_units, traffic
+from router.synth import load_units, test_personnummer, traffic
 from router.worker.core import SOURCE_LABELS_MAX, InRecord, RouterCore, observe_many, observe_since_ms
 from router.worker.states import EtappChange, StateBook
 
@@ -86,7 +87,8 @@ def test_every_input_gets_exactly_one_decision_and_routed_outputs_match_it():
 
 def test_source_labels_never_carry_identifiers_and_stay_few():
     recs = records(300)  # the first 100 keep source "synth", seen first
-    odd = ["191212121212", "mllp-in:19121212-1212", "3f2b8c1e-1d2a-4c1b-9f1e-2a3b4c5d6e7f", "x" * 5000,
+    pnr = test_personnummer(random.Random(5))  # a generated test number (serial 980-999)
+    odd = [pnr, f"mllp-in:{pnr[:8]}-{pnr[8:]}", "3f2b8c1e-1d2a-4c1b-9f1e-2a3b4c5d6e7f", "x" * 5000,
            "MLLP-IN", *[f"sender-{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(100)]]
     for r, source in zip(recs[100:], odd, strict=False):
         r["source"] = source
@@ -106,12 +108,22 @@ def test_source_labels_never_carry_identifiers_and_stay_few():
     # an undecodable record's decision is keyed like the record when that key is a patient key (on the
     # patient's partition); any other key (binary, empty, a raw identifier) is not copied, and never fails
     patient = b"0123456789abcdef" * 4
-    odd_keys = [patient, b"\xff\xfe-x", b"", b"191212121212", b"k" * 64]
+    raw = test_personnummer(random.Random(6)).encode()  # a generated test number as a raw key
+    odd_keys = [patient, b"\xff\xfe-x", b"", raw, b"k" * 64]
     big = b"x" * (core.settings.max_record_bytes + 1)
     res = core.process([InRecord("samex.in", 0, 1000 + i, k, v) for i, k in enumerate(odd_keys)
                         for v in (b"garbage", big)])
     keys = [o.key for o in res.outputs if o.topic == "samex.decisions"]
     assert keys == [patient, patient] + [None] * 8
+    assert all(o.key in (patient, None) for o in res.outputs)  # dead letters too
+    # a decodable envelope under such a key is keyed by its own patient key everywhere, never by the
+    # inbound one
+    env = records(1)[0]
+    own = patient_key(env["patient"]["id"], core.settings.patient_key_bytes).encode()
+    value = CODEC.encode("envelope", env)
+    for k in (b"\xff\xfe-x", raw, b"", patient):
+        outs = core.process([InRecord("samex.in", 0, 2000, k, value)]).outputs
+        assert outs and all(o.key == (patient if k == patient else own) for o in outs), (k, [o.key for o in outs])
 
 
 def test_kept_decision_bytes_equal_freshly_encoded_ones():

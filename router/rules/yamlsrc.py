@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import yaml
@@ -57,7 +56,7 @@ def _convert(node: Node, loader: yaml.SafeLoader) -> Any:
 def load_yaml(text: str) -> Any:
     """Parse one YAML document; raises :class:`YamlProblem` with a 1-based line."""
     try:
-        loader = yaml.SafeLoader(text)  # its reader rejects control characters here already
+        loader = yaml.SafeLoader(text)  # its reader checks the whole text for control characters here
     except yaml.reader.ReaderError as exc:
         raise _reader_problem(text, exc) from exc
     try:
@@ -65,8 +64,6 @@ def load_yaml(text: str) -> Any:
         if node is None:
             return None
         return _convert(node, loader)
-    except yaml.reader.ReaderError as exc:
-        raise _reader_problem(text, exc) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -78,8 +75,7 @@ def load_yaml(text: str) -> Any:
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise YamlProblem(1, f"YAML error: a value that cannot be read ({str(exc)[:120]})") from exc
     finally:
-        with contextlib.suppress(NameError):
-            loader.dispose()
+        loader.dispose()
 
 
 def _reader_problem(text: str, exc: yaml.reader.ReaderError) -> YamlProblem:

@@ -33,14 +33,12 @@ DEAD_LETTER_KEEP_BYTES = 64 * 1024
 _SOURCE_SHAPE = re.compile(r"^[a-z][a-z0-9-]{0,23}(:[a-z][a-z0-9-]{0,31})?$")
 _DIGIT_RUN = re.compile(r"\d{6}")
 SOURCE_LABELS_MAX = 64
-_KEY_SHAPE = re.compile(rb"^[0-9a-f]{64}$")  # a patient key: the hex HMAC-SHA256 (identifiers.patient_key)
-
-
-def keyed_like_a_patient(key: bytes | None) -> bytes | None:
-    """``key`` if it is shaped like a patient key, else None: the key of a record that could not be
-    decoded is copied onto its decision only then (any other bytes could be anything, e.g. a raw
-    identifier, and would not decode as text)."""
-    return key if key is not None and _KEY_SHAPE.match(key) else None
+# An inbound Kafka key is used (on the outputs, the decision record, the dead letter) only when it
+# is shaped like a patient key, the hex HMAC-SHA256 that identifiers.patient_key makes. Any other
+# key could be anything, a raw identifier included, and need not even decode as text: it is not
+# copied; a decodable envelope is then keyed by its own patient key, an undecodable one by none.
+_KEY_SHAPE = re.compile(rb"^[0-9a-f]{64}$")
+_KEYS_OK_MAX = 200_000  # keys already seen well-shaped (a patient's key repeats): a set lookup, not a regex
 # Decision.outcome -> the decision record's outcome symbol
 RECORD_OUTCOME = {"routed": "routed", "park": "parked", "dead_letter": "dead_letter"}
 _KEPT_MAX = 50_000
@@ -155,6 +153,16 @@ class RouterCore:
         self._out_topics: dict[str, str] = {}  # system -> its destination topic
         self._source_labels: dict[str, str] = {}  # envelope source -> its metric label (source_label)
         self._sources_seen: set[str] = set()
+        self._keys_ok: set[bytes] = set()
+
+    def _checked_key(self, key: bytes) -> bytes | None:
+        """``key`` if shaped like a patient key (see _KEY_SHAPE), else None."""
+        if not _KEY_SHAPE.match(key):
+            return None
+        if len(self._keys_ok) > _KEYS_OK_MAX:
+            self._keys_ok.clear()
+        self._keys_ok.add(key)
+        return key
 
     def source_label(self, source: str | None) -> str:
         """The metric label for an envelope's ``source``: itself if shaped like a connector name and
@@ -212,16 +220,21 @@ class RouterCore:
         perf = time.perf_counter
         lean = self._decision_enc.fast
         out_topics = self._out_topics
+        keys_ok = self._keys_ok
         for rec in records:
             value = rec.value or b""
+            in_key = rec.key
+            if in_key is not None and in_key not in keys_ok:
+                in_key = self._checked_key(in_key)
             if len(value) > self.settings.max_record_bytes:
                 mid = f"unknown:{rec.topic}:{rec.partition}:{rec.offset}"
                 reason = (f"record of {len(value)} bytes exceeds the {self.settings.max_record_bytes}-byte limit; "
                           f"dead letter keeps the first {DEAD_LETTER_KEEP_BYTES} bytes")
-                self._dead(outs, rec, None, "oversized", reason, value[:DEAD_LETTER_KEEP_BYTES], engine, now_ms)
+                self._dead(outs, rec, in_key, None, "oversized", reason, value[:DEAD_LETTER_KEEP_BYTES], engine,
+                           now_ms)
                 # keyed like the record (the patient hash), so the decision lies on the patient's partition
                 outs.append(self._decision_record(rec, mid, None, None, engine.version, now_ms, 0, reason,
-                                                  "dead_letter", keyed_like_a_patient(rec.key), replay_id))
+                                                  "dead_letter", in_key, replay_id))
                 dead_c["oversized"] += 1
                 if not released:
                     in_c[("unknown", "unknown")] += 1  # counted in, as every input is
@@ -230,9 +243,9 @@ class RouterCore:
             try:
                 # the routing fields only; the full codec (patient included) when the record has no key.
                 # decode_raw leaves out fields only the decision encoder's slow path would read.
-                if rec.key and lean:
+                if in_key and lean:
                     name, env, raw = self._reader.decode_raw(value)
-                elif rec.key:
+                elif in_key:
                     (name, env), raw = self._reader.decode(value), None
                 else:
                     (name, env), raw = self.codec.decode(value), None
@@ -241,9 +254,9 @@ class RouterCore:
             except CodecError as exc:
                 mid = f"unknown:{rec.topic}:{rec.partition}:{rec.offset}"
                 code = _code_of(exc)
-                self._dead(outs, rec, None, code, str(exc), value, engine, now_ms)
+                self._dead(outs, rec, in_key, None, code, str(exc), value, engine, now_ms)
                 outs.append(self._decision_record(rec, mid, None, None, engine.version, now_ms, 0, str(exc),
-                                                  "dead_letter", keyed_like_a_patient(rec.key), replay_id))
+                                                  "dead_letter", in_key, replay_id))
                 dead_c[code] += 1
                 if not released:
                     in_c[("unknown", "unknown")] += 1
@@ -268,7 +281,7 @@ class RouterCore:
                                     "behind them to keep per-patient order", "parked")
             observe(perf() - t0)
             mid = env["message_id"]
-            key = rec.key or patient_key(env["patient"]["id"], self._key).encode()
+            key = in_key or patient_key(env["patient"]["id"], self._key).encode()
             if released:
                 parked_etapp = rec.topic.removeprefix(self.settings.park_topic_prefix)
                 released_c[parked_etapp] += 1
@@ -299,7 +312,7 @@ class RouterCore:
                 parks.append(ep)
                 parked_c[etapp] += 1
             else:
-                self._dead(outs, rec, env, decision.reason_code, decision.reason, value, engine, now_ms)
+                self._dead(outs, rec, key, env, decision.reason_code, decision.reason, value, engine, now_ms)
                 dead_c[decision.reason_code] += 1
             outs.append(self._decision_record(rec, mid, env, decision, decision.rules_version, now_ms,
                                               now_ms - env["received_time_ms"], decision.reason,
@@ -365,7 +378,8 @@ class RouterCore:
         h.extend(extra)
         return h
 
-    def _dead(self, outs: list[OutRecord], rec: InRecord, env: dict[str, Any] | None, code: str, reason: str,
+    def _dead(self, outs: list[OutRecord], rec: InRecord, key: bytes | None, env: dict[str, Any] | None, code: str,
+              reason: str,
               original: bytes, engine: Engine, now_ms: int) -> None:
         record = {
             "message_id": env["message_id"] if env else None,
@@ -380,7 +394,6 @@ class RouterCore:
             "kind": env["kind"] if env else None,
             "trace_id": (env.get("trace_id") if env else None),
         }
-        key = rec.key if env is None else (rec.key or patient_key(env["patient"]["id"], self._key).encode())
         outs.append(OutRecord(self.settings.deadletter_topic, key, self.codec.encode("deadletter", record),
                               [("samex-reason", code.encode())]))
 

@@ -224,7 +224,7 @@ class CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def _complete(c: Any, runtime: Any, sender: BatchSender, futures: list[Any], offsets: dict[Any, int],
-                    result: Any, last: list[Any], committer: Committer, lag: LagReporter | None = None) -> None:
+                    result: Any, last: list[Any], committer: Committer, lag: LagReporter) -> None:
     """Wait for a batch's acknowledgements (re-sending it whole on failure), then offer its offsets
     to the committer."""
     try:
@@ -252,7 +252,6 @@ async def _complete(c: Any, runtime: Any, sender: BatchSender, futures: list[Any
                     extra={"partitions": len(offsets) - len(mine)})
     if mine:
         committer.offer(mine)
-    if lag is not None:
-        for tp, offset in last:
-            lag.acknowledged(tp, offset)
+    for tp, offset in last:
+        lag.acknowledged(tp, offset)
     runtime.last_batch_at = time.time()

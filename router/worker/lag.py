@@ -26,7 +26,7 @@ class LagReporter:
         self.gauge = gauge
         self.interval_s = interval_s
         self.done: dict[Any, int] = {}  # partition -> next offset to decide, from acknowledged batches
-        self.shown: set[tuple[str, int]] = set()  # label pairs this worker exports
+        self.shown: set[Any] = set()  # partitions this worker exports a series for
         # The partitions this worker owns, as the rebalance listener says (``assigned`` / ``forget``).
         # Not the consumer's assignment(): aiokafka still lists revoked partitions until the new
         # assignment arrives, and a batch or report finishing meanwhile would bring their series back.
@@ -67,33 +67,27 @@ class LagReporter:
             self._set(tp, hw - last_offset - 1)
 
     def forget(self, tps: Any) -> None:
-        """Partitions moved away: drop their series."""
+        """Partitions moved away (the rebalance listener): drop their series."""
         tps = set(tps)
-        if self.owned is not None:
-            self.owned -= tps
-        else:
-            self.owned = set(self.c.assignment()) - tps
+        self.owned = self._owned() - tps
+        self._drop(tps)
+
+    def _drop(self, tps: Any) -> None:
         for tp in tps:
             self.done.pop(tp, None)
-            key = (tp.topic, tp.partition)
-            if key in self.shown:
-                self.shown.discard(key)
+            if tp in self.shown:
+                self.shown.discard(tp)
                 with contextlib.suppress(KeyError):
                     self.gauge.remove(tp.topic, str(tp.partition))
 
     def _set(self, tp: Any, lag: int) -> None:
         self.gauge.labels(tp.topic, str(tp.partition)).set(max(0, lag))
-        self.shown.add((tp.topic, tp.partition))
+        self.shown.add(tp)
 
     async def report(self) -> None:
-        """Every assigned partition's lag from the broker's end offsets; series of others dropped."""
+        """Every owned partition's lag from the broker's end offsets; series of others dropped."""
         assigned = set(self._owned())
-        self.forget([tp for tp in self.done if tp not in assigned])
-        for topic, partition in list(self.shown):
-            if not any(tp.topic == topic and tp.partition == partition for tp in assigned):
-                self.shown.discard((topic, partition))
-                with contextlib.suppress(KeyError):
-                    self.gauge.remove(topic, str(partition))
+        self._drop([tp for tp in {*self.done, *self.shown} if tp not in assigned])
         if not assigned:
             return
         ends = await self.c.end_offsets(list(assigned))
