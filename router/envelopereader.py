@@ -170,6 +170,19 @@ class RoutingReader:
         decoded the value instead (not this schema, or broken), the dict is whole and the spans None."""
         return self._decode(data, _read_fields_raw)
 
+    def peek(self, data: bytes) -> dict[str, Any] | None:
+        """The routing fields of a value that will not be routed (an oversized record), read with the
+        hot path's reader, which skips the payload and never decodes the patient: its message id,
+        kind, trace id and units then reach the dead letter and the decision record. None when it is
+        not a well-formed envelope of the current schema (the record then stays ``unknown``)."""
+        if data[:self.header_len] != self.prefix:
+            return None
+        try:
+            env, _raw, end = _read_fields(data, self.header_len)
+        except (IndexError, UnicodeDecodeError, ValueError):
+            return None
+        return env if end == len(data) else None
+
     def _decode(self, data: bytes, read: Reader) -> tuple[str, dict[str, Any], tuple[bytes, ...] | None]:
         if data[:self.header_len] != self.prefix:
             return (*self.codec.decode(data), None)

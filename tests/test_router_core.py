@@ -220,3 +220,26 @@ def test_observe_since_ms_equals_observe_of_the_clamped_seconds(ages_ms, now_ms)
     assert s1.keys() == s2.keys()
     for k in s1:
         assert abs(s1[k] - s2[k]) < 1e-6, k
+
+
+def test_an_oversized_envelope_is_dead_lettered_under_its_own_message_id():
+    core, reg = make_core()
+    limit = core.settings.max_record_bytes
+    env = records(1, seed=11)[0]
+    env = {**env, "payload": {**env["payload"], "data": b"x" * (limit + 10)}}
+    whole = CODEC.encode("envelope", env)
+    # the same record cut short inside its payload: still oversized, no longer a whole envelope
+    cut = whole[:limit + 5]
+    res = core.process(as_inputs([whole, cut]))
+    dec = decisions_of(res.outputs)
+    dead = [CODEC.decode_as("deadletter", o.value) for o in res.outputs if o.topic == "samex.deadletter"]
+    assert [d["outcome"] for d in dec] == ["dead_letter", "dead_letter"]
+    assert [d["reason_code"] for d in dead] == ["oversized", "oversized"]
+    assert dec[0]["message_id"] == dead[0]["message_id"] == env["message_id"]
+    assert dead[0]["kind"] == env["kind"] and dec[0]["kind"] == env["kind"]
+    assert dec[0]["receiver_unit"] == env["receiver"]["unit_hsa_id"]
+    assert dec[1]["message_id"] == "unknown:samex.in:0:1" and dead[1]["message_id"] is None
+    assert reg.get_sample_value("samex_messages_in_total", {"source": env["source"], "kind": env["kind"]}) == 1
+    assert reg.get_sample_value("samex_messages_in_total", {"source": "unknown", "kind": "unknown"}) == 1
+    assert not [o for o in res.outputs if o.topic.startswith("samex.out.")]
+    assert env["patient"]["id"].encode() not in b"".join(o.value for o in res.outputs if o.topic != "samex.deadletter")

@@ -227,17 +227,20 @@ class RouterCore:
             if in_key is not None and in_key not in keys_ok:
                 in_key = self._checked_key(in_key)
             if len(value) > self.settings.max_record_bytes:
-                mid = f"unknown:{rec.topic}:{rec.partition}:{rec.offset}"
+                # its routing fields when it is a whole envelope (the payload is skipped, not read), so
+                # that the dead letter and the decision record name its message id
+                big = self._reader.peek(value)
+                mid = big["message_id"] if big else f"unknown:{rec.topic}:{rec.partition}:{rec.offset}"
                 reason = (f"record of {len(value)} bytes exceeds the {self.settings.max_record_bytes}-byte limit; "
                           f"dead letter keeps the first {DEAD_LETTER_KEEP_BYTES} bytes")
-                self._dead(outs, rec, in_key, None, "oversized", reason, value[:DEAD_LETTER_KEEP_BYTES], engine,
+                self._dead(outs, rec, in_key, big, "oversized", reason, value[:DEAD_LETTER_KEEP_BYTES], engine,
                            now_ms)
                 # keyed like the record (the patient hash), so the decision lies on the patient's partition
-                outs.append(self._decision_record(rec, mid, None, None, engine.version, now_ms, 0, reason,
+                outs.append(self._decision_record(rec, mid, big, None, engine.version, now_ms, 0, reason,
                                                   "dead_letter", in_key, replay_id))
                 dead_c["oversized"] += 1
-                if not released:
-                    in_c[("unknown", "unknown")] += 1  # counted in, as every input is
+                if not released:  # counted in, as every input is
+                    in_c[(self.source_label(big.get("source")), big["kind"]) if big else ("unknown", "unknown")] += 1
                 decisions.append((mid, None))
                 continue
             try:
