@@ -5,8 +5,12 @@ No label ever carries a patient identifier or a message id.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from router.decision import ETAPP_STATES
 
@@ -51,14 +55,11 @@ class WorkerMetrics:
         self.last_message = Gauge("samex_last_message_timestamp_seconds",
                                   "Receive time of the last message per source (for silence alerts)", ["source"],
                                   registry=r)
-        self.etapp_state = Gauge("samex_etapp_state", "Operational state per etapp (1 = current)",
-                                 ["etapp", "state"], registry=r)
-        self.etapp_since = Gauge("samex_etapp_state_since_timestamp_seconds", "Since when the etapp has its state",
-                                 ["etapp"], registry=r)
-        self.etapp_golive = Gauge("samex_etapp_golive_timestamp_seconds", "Planned go-live of the etapp",
-                                  ["etapp"], registry=r)
-        self.etapp_hold_until = Gauge("samex_etapp_hold_until_timestamp_seconds",
-                                      "Planned end of a hold (0 = none)", ["etapp"], registry=r)
+        # The etapp series are computed at each scrape (EtappCollector) from what ``etapp_view`` returns:
+        # a state change takes effect at its effective instant and a go-live at its planned instant,
+        # with no event in the worker at either moment to update a gauge.
+        self.etapp_view: Callable[[], Iterable[EtappView]] = tuple
+        r.register(EtappCollector(lambda: self.etapp_view()))
         self._active_version: str | None = None
 
     def set_rules(self, version: str, loaded_at_s: float) -> None:
@@ -68,12 +69,56 @@ class WorkerMetrics:
         self._active_version = version
         self.rules_loaded.set(loaded_at_s)
 
-    def set_etapp(self, etapp: str, state: str, since_s: float, golive_s: float, hold_until_s: float) -> None:
-        for s in ETAPP_STATES:
-            self.etapp_state.labels(etapp, s).set(1 if s == state else 0)
-        self.etapp_since.labels(etapp).set(since_s)
-        self.etapp_golive.labels(etapp).set(golive_s)
-        self.etapp_hold_until.labels(etapp).set(hold_until_s)
+
+
+@dataclass(frozen=True, slots=True)
+class EtappView:
+    """One etapp as the worker routes it now."""
+
+    etapp: str
+    state: str  # the operational state in force (ETAPP_STATES)
+    since_s: float | None  # when that state took effect; None when the etapp never had a change
+    golive_s: float
+    hold_until_s: float  # the planned end of a hold; 0 = none
+    live: bool  # routes as live now (state live, or scheduled and past its go-live)
+
+
+class EtappCollector:
+    """``samex_etapp_*`` series from the worker's state book, read at scrape time."""
+
+    def __init__(self, view: Callable[[], Iterable[EtappView]]) -> None:
+        self.view = view
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily("samex_etapp_state", "Operational state per etapp (1 = in force now)",
+                              labels=["etapp", "state"]),
+            GaugeMetricFamily("samex_etapp_live", "1 when the etapp routes as live now (state live, or "
+                              "scheduled and past its go-live); 0 when not live, on hold, paused or rolled back",
+                              labels=["etapp"]),
+            GaugeMetricFamily("samex_etapp_state_since_timestamp_seconds",
+                              "When the etapp's state in force took effect (absent: never changed)", labels=["etapp"]),
+            GaugeMetricFamily("samex_etapp_golive_timestamp_seconds", "Planned go-live of the etapp",
+                              labels=["etapp"]),
+            GaugeMetricFamily("samex_etapp_hold_until_timestamp_seconds", "Planned end of a hold in force (0 = none)",
+                              labels=["etapp"]),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state, live, since, golive, until = self._families()
+        for e in self.view():
+            for s in ETAPP_STATES:
+                state.add_metric([e.etapp, s], 1 if s == e.state else 0)
+            live.add_metric([e.etapp], 1 if e.live else 0)
+            if e.since_s is not None:
+                since.add_metric([e.etapp], e.since_s)
+            golive.add_metric([e.etapp], e.golive_s)
+            until.add_metric([e.etapp], e.hold_until_s)
+        yield from (state, live, since, golive, until)
 
 
 DELIVERY_OUTCOMES = ("acknowledged", "rejected", "skipped_duplicate")  # schemas/delivery.avsc
@@ -92,8 +137,10 @@ class ConnectorMetrics:
         self.outbound_lag = Gauge("samex_outbound_lag", "Records waiting for delivery", ["system"], registry=r)
         self.inbound = Counter("samex_inbound", "Inbound messages by connector and answer",
                                ["connector", "outcome"], registry=r)
-        self.messages_in = Counter("samex_messages_in", "Inbound messages by source and kind",
-                                   ["source", "kind"], registry=r)
+        # not samex_messages_in_total: that is the workers' count of the same messages, and a sum over
+        # every scraped process would count each message twice
+        self.messages_in = Counter("samex_connector_messages_in", "Messages a connector wrote to the inbound topic, "
+                                   "by source and kind", ["source", "kind"], registry=r)
         self.dead_letters = Counter("samex_dead_letters", "Messages dead-lettered, by reason code and stage",
                                     ["reason", "stage"], registry=r)
 

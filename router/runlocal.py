@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -164,12 +165,15 @@ class Snapshot:
     messages_in: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     routed: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     dead: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    parked: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    parked: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # waiting (not yet released)
+    parked_total: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     deliveries: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
     waiting: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     lag: float = 0.0
     versions: set[str] = field(default_factory=set)
     etapp_states: dict[str, str] = field(default_factory=dict)
+    etapp_live: dict[str, bool] = field(default_factory=dict)
+    lag_partitions: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def total_in(self) -> float:
@@ -194,16 +198,21 @@ def fold(snap: Snapshot, text: str, router: bool = True) -> None:
                 snap.dead[f"{lb['reason']} ({lb['stage']})"] += v
             elif s.name == "samex_parked_messages":
                 snap.parked[lb["etapp"]] += v
+            elif s.name == "samex_parked_total":
+                snap.parked_total[lb["etapp"]] += v
             elif s.name == "samex_deliveries_total":
                 snap.deliveries[(lb["system"], lb["outcome"])] += v
             elif s.name == "samex_outbound_lag":
                 snap.waiting[lb["system"]] += v
             elif s.name == "samex_consumer_lag":
                 snap.lag += v
+                snap.lag_partitions.add((lb["topic"], lb["partition"]))
             elif s.name == "samex_rules_info" and v == 1:
                 snap.versions.add(lb["version"])
             elif s.name == "samex_etapp_state" and v == 1:
                 snap.etapp_states[lb["etapp"]] = lb["state"]
+            elif s.name == "samex_etapp_live":
+                snap.etapp_live[lb["etapp"]] = v == 1
 
 
 def take_snapshot(children: list[Child]) -> Snapshot:
@@ -240,10 +249,11 @@ def render(snap: Snapshot, prev: Snapshot | None, children: list[Child], bootstr
     side.add_column("count", justify="right")
     for reason, n in sorted(snap.dead.items()):
         side.add_row(f"dead letter: {reason}", f"{n:,.0f}")
-    for etapp, n in sorted(snap.parked.items()):
-        side.add_row(f"parked: {etapp}", f"{n:,.0f}")
-    for etapp, state in sorted(snap.etapp_states.items()):
-        side.add_row(f"{etapp}", state)
+    for etapp in sorted({*snap.parked, *snap.parked_total}):
+        side.add_row(f"parked: {etapp}", f"{snap.parked_total.get(etapp, 0):,.0f} "
+                     f"({snap.parked.get(etapp, 0):,.0f} waiting)")
+    for etapp in sorted(snap.etapp_states):
+        side.add_row(f"{etapp}", etapp_label(snap, etapp))
     procs = Table(title="processes", show_edge=False)
     for col in ("name", "pid", "state", "metrics"):
         procs.add_column(col)
@@ -253,14 +263,56 @@ def render(snap: Snapshot, prev: Snapshot | None, children: list[Child], bootstr
     return Group(head, routed, side, procs)
 
 
+def etapp_label(snap: Snapshot, etapp: str) -> str:
+    """The etapp's state in force, and how it routes: "scheduled, live", "hold", "paused, not live"."""
+    state = snap.etapp_states.get(etapp, "?")
+    live = snap.etapp_live.get(etapp)
+    if live is None or state in ("hold", "live"):
+        return state
+    return f"{state}, {'live' if live else 'not live'}"
+
+
 def plain_summary(snap: Snapshot) -> str:
+    """One line for logs and pipes: counts, then the etapper; systems with nothing delivered are left out."""
     parts = [f"in={snap.total_in:.0f}"]
     parts += [f"routed[{k}]={v:.0f}" for k, v in sorted(snap.routed.items())]
-    parts += [f"delivered[{s}]={v:.0f}" for (s, o), v in sorted(snap.deliveries.items()) if o == "acknowledged"]
+    parts += [f"delivered[{s}]={v:.0f}" for (s, o), v in sorted(snap.deliveries.items()) if o == "acknowledged" and v]
     parts += [f"dead[{k}]={v:.0f}" for k, v in sorted(snap.dead.items())]
+    parts += [f"parked[{k}]={v:.0f}" for k, v in sorted(snap.parked_total.items()) if v]
+    parts += [f"parked_waiting[{k}]={v:.0f}" for k, v in sorted(snap.parked.items()) if v]
     parts += [f"waiting[{k}]={v:.0f}" for k, v in sorted(snap.waiting.items()) if v]
+    parts += [f"etapp[{k}]={etapp_label(snap, k).replace(', ', '/')}" for k in sorted(snap.etapp_states)]
     parts.append(f"rules={','.join(sorted(v[:12] for v in snap.versions)) or '-'}")
     return " ".join(parts)
+
+
+def is_traffic(c: Child) -> bool:
+    return c.name.startswith(("traffic", "sender"))
+
+
+def wait_ready(children: list[Child], inbound_topic: str, partitions: int, echo: Callable[[str], None],
+               timeout_s: float = 90.0, stopping: Callable[[], bool] = lambda: False) -> bool:
+    """Wait until the workers have read the control topic and own every inbound partition between
+    them, so that the first messages do not wait for the consumer group to form. False on timeout."""
+    workers = [c for c in children if c.name.startswith("worker") and c.metrics_port]
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end and not stopping():
+        if any(c.proc is None or c.proc.poll() is not None for c in workers):
+            return False  # a worker exited: the main loop reports it with its log
+        ready = 0
+        owned: set[tuple[str, str]] = set()
+        for c in workers:
+            port = c.metrics_port or 0
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1.0) as r:
+                    ready += bool(json.loads(r.read()).get("caught_up"))
+                snap = Snapshot()
+                fold(snap, scrape(port))
+                owned |= {p for p in snap.lag_partitions if p[0] == inbound_topic}
+        if ready == len(workers) and len(owned) >= partitions:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -301,10 +353,21 @@ def run_stack(settings: Settings, workers: int, rate: float, duration: float | N
     try:
         asyncio.run(ensure_router_topics(settings, engine.systems, engine.golive_ms))
         env = child_env(settings)
-        for c in children:
+        # Traffic starts once the workers own every inbound partition: messages sent earlier would
+        # wait for the consumer group to form, and their end-to-end times would show it.
+        for c in [c for c in children if not is_traffic(c)]:
             c.start(env, log_dir)
             where = f", metrics http://127.0.0.1:{c.metrics_port}/metrics" if c.metrics_port else ""
             echo(f"started {c.name} pid {c.proc.pid if c.proc else '?'}{where}")
+        echo("waiting for the workers to own the inbound partitions …")
+        if not wait_ready(children, settings.inbound_topic, settings.partitions, echo, stopping=lambda: stopping):
+            echo("the workers are not ready after 90 s; starting the traffic anyway (see the worker logs in "
+                 f"{log_dir})")
+        for c in [c for c in children if is_traffic(c)]:
+            if stopping:
+                break
+            c.start(env, log_dir)
+            echo(f"started {c.name} pid {c.proc.pid if c.proc else '?'}")
         echo(f"broker {bootstrap}; logs in {log_dir}; Ctrl-C stops everything")
         echo(f"other samex commands against this stack: export SAMEX_KAFKA_BOOTSTRAP={bootstrap} "
              f"SAMEX_STATE_DIR={settings.state_dir}")
@@ -335,7 +398,7 @@ def run_stack(settings: Settings, workers: int, rate: float, duration: float | N
         echo("stopping …")
         # Traffic first, then give the workers a moment to drain what was sent.
         for c in children:
-            if c.name.startswith(("traffic", "sender")):
+            if is_traffic(c):
                 c.stop()
         time.sleep(2)
         snap = take_snapshot(children)

@@ -176,6 +176,12 @@ async def test_replay_modes_on_routed_traffic(kafka_bootstrap, topic_prefix, tmp
     placer = x["correlation"]["placer_order_number"]
     assert one in json.loads(samex(s, "trace", "--json", "--no-sync", placer, **env).stdout)["messages"]
 
+    # -- a re-send that matches nothing (a mistyped message id): exit 1, nothing sent, no audit record
+    before_none = await sizes(kafka_bootstrap, watched)
+    out = samex(s, "replay", "--from", frm, "--resend", "--reason", "test: typo", "--message-id", one[:-3], ok=False)
+    assert out.returncode == 1 and "nothing selected" in out.stderr, out.stdout + out.stderr
+    assert await sizes(kafka_bootstrap, watched) == before_none
+
     # -- the rule fix is published; dead letters re-driven: what was dead-lettered is routed now
     samex(s, "rules", "publish", str(REPO / "rules"), "--reason", "test: route restored")
     dry = replay(s, "--from", frm, "--dead-letters")

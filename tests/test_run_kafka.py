@@ -26,6 +26,14 @@ async def test_samex_run_routes_and_stops_cleanly(kafka_bootstrap, topic_prefix,
     routed = sum(int(x) for x in re.findall(r"routed\[[^\]]+\]=(\d+)", summary[-1]))
     assert n_in > 300 and routed > 0.9 * n_in, summary[-1]
     assert "rules=" in summary[-1] and "rules=-" not in summary[-1]
+    # the etapper as they route (every go-live of the example plan is past), no systems with nothing delivered
+    assert "etapp[etapp-4-vastra]=scheduled/live" in summary[-1] and "etapp[etapp-1-sodra-pd1]=" in summary[-1]
+    assert not re.search(r"delivered\[[^\]]+\]=0\b", summary[-1]), summary[-1]
+    # the traffic started only once the workers owned the inbound partitions
+    lines = out.stdout.splitlines()
+    waited = next(i for i, line in enumerate(lines) if line.startswith("waiting for the workers"))
+    assert all(i > waited for i, line in enumerate(lines) if re.match(r"started (sender|traffic)", line)), out.stdout
+    assert "not ready" not in out.stdout, out.stdout
     # every child was stopped: none of their process groups is left
     logs = list((tmp_path / "run-logs").glob("*/*.log"))
     assert {p.stem for p in logs} >= {"worker-1", "worker-2", "index", "mllp-in", "fhir-in", "sender-mllp",

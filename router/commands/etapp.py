@@ -111,21 +111,17 @@ def status(bootstrap: str | None, as_json: bool, history: bool) -> None:
         click.echo(orjson.dumps({"rules_version": engine.version, "etapper": rows, "history": changes},
                                 option=orjson.OPT_INDENT_2).decode())
         return
-    from rich.console import Console
-    from rich.table import Table
+    from router.commands.out import console, table
 
-    t = Table(title=f"etapper (rules {engine.version[:12]})")
-    for col in ("etapp", "planned go-live", "state", "routes as", "since", "by", "why", "next"):
-        t.add_column(col)
+    t = table(f"etapper (rules {engine.version[:12]})",
+              ("etapp", "planned go-live", "state", "routes as", "since", "by", "why", "next"))
     for r in rows:
         t.add_row(r["etapp"], r["planned_go_live"], r["state"], r["routes_as"], r["since"], r["by"], r["why"],
                   r["next"])
-    con = Console()
+    con = console()
     con.print(t)
     if history:
-        h = Table(title="changes")
-        for col in ("at", "etapp", "state", "effective", "by", "why"):
-            h.add_column(col)
+        h = table("changes", ("at", "etapp", "state", "effective", "by", "why"))
         for c in changes:
             h.add_row(c["at"], c["etapp"], c["state"], c["effective"], c["by"], c["why"])
         con.print(h)
@@ -238,15 +234,13 @@ def inflight(etapp: str, bootstrap: str | None, as_json: bool, show_all: bool) -
         for r in rows:
             click.echo(orjson.dumps(r).decode())
         return
-    from rich.console import Console
-    from rich.table import Table
+    from router.commands.out import console, table
 
-    t = Table(title=f"open orders and referrals of {etapp} across a switch ({len(rows)})")
-    for col in ("order/referral", "kind", "unit", "placed", "placed in", "now routes to", "answered"):
-        t.add_column(col)
+    t = table(f"open orders and referrals of {etapp} across a switch ({len(rows)})",
+              ("order/referral", "kind", "unit", "placed", "placed in", "now routes to", "answered"))
     for r in rows:
         t.add_row(r["key"], r["kind"], r["unit"], r["placed"], r["placed_in"], r["now_routes_to"], r["answered"])
-    Console().print(t)
+    console().print(t)
 
 
 def register(cli: click.Group) -> None:

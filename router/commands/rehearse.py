@@ -77,24 +77,20 @@ def rehearse_cmd(rules_dir: Path | None, as_of: str | None, from_: str, to: str 
 
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
         return
-    from rich.table import Table
+    from router.commands.out import console, table
 
-    con = Console()
+    con = console()
     con.print(f"rules {engine.version[:12]} as of {summary['as_of']}, traffic {summary['from']} – {summary['to']}: "
               f"{summary['total']:,} messages, {summary['same']:,} unchanged, {summary['changed']:,} would change, "
               f"{result.unroutable:,} would become unroutable, {summary['not_in_decision_log']:,} without a recorded "
               "decision")
     if summary["changes"]:
-        t = Table(title="what would change")
-        for col in ("kind", "decided", "would be", "count", "examples"):
-            t.add_column(col)
+        t = table("what would change", ("kind", "decided", "would be", "count", "examples"))
         for c in summary["changes"]:
             t.add_row(c["kind"], c["before"], c["after"], f"{c['count']:,}", "\n".join(c["examples"]))
         con.print(t)
     if result.reasons_unroutable:
-        u = Table(title="would become unroutable")
-        u.add_column("reason")
-        u.add_column("count")
+        u = table("would become unroutable", ("reason", "count"))
         for reason, n in result.reasons_unroutable.most_common():
             u.add_row(reason, f"{n:,}")
         con.print(u)

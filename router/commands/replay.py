@@ -72,6 +72,9 @@ def replay_cmd(from_: str, to: str | None, dry_run: bool, resend: bool, to_topic
     --resend             route again now: needs --reason, at most --max (100) messages; records carry
                          samex-replay-* headers; an audit record goes to the control topic (see trace)
     --dead-letters       take the selection from the dead-letter topic (re-drive after a rule fix)
+
+    Exit 0 when done; 1 when a re-send or copy selected nothing (nothing is sent and no audit
+    record written); 2 for bad options or an unreachable broker; 130 when stopped by Ctrl-C.
     """
     from aiokafka.errors import KafkaError
 
@@ -207,13 +210,15 @@ async def _run(settings: Any, req: Any, mode: str, control: Any, current: Any, o
                                          "at the instant it was decided")
             elif mode == "to-topic":
                 await copy_to_topic(settings, items, to_topic or "", summary, stop)
-                await audit(settings, summary, who, reason or f"copy to {to_topic}", req, {"to_topic": to_topic})
+                if summary.selected:  # nothing matched: nothing happened, and nothing to audit
+                    await audit(settings, summary, who, reason or f"copy to {to_topic}", req, {"to_topic": to_topic})
             else:
                 await resend(settings, items, override or current, control.states, summary, who, reason, max_n,
                              redeliver, stop, orders)
-                await audit(settings, summary, who, reason, req,
-                            {"rules_version": (override or current).version, "redeliver": redeliver,
-                             "max": max_n})
+                if summary.selected:
+                    await audit(settings, summary, who, reason, req,
+                                {"rules_version": (override or current).version, "redeliver": redeliver,
+                                 "max": max_n})
         finally:
             await items.aclose()
     summary.interrupted = summary.interrupted or stop.is_set()
@@ -226,11 +231,10 @@ def _print(summary: Any, as_json: bool, mode: str) -> None:
         import orjson
 
         click.echo(orjson.dumps(summary.as_json(), option=orjson.OPT_INDENT_2).decode())
-        sys.exit(130 if summary.interrupted else 0)
-    from rich.console import Console
-    from rich.table import Table
+        sys.exit(130 if summary.interrupted else 1 if nothing_selected(summary, mode) else 0)
+    from router.commands.out import console, table
 
-    con = Console()
+    con = console()
     if summary.interrupted:
         con.print("[bold]stopped by Ctrl-C[/bold]: the summary covers what was done until then")
     for n in summary.notes:
@@ -240,9 +244,7 @@ def _print(summary: Any, as_json: bool, mode: str) -> None:
         con.print(f"dry run: {d.total:,} messages re-decided, {d.same:,} unchanged, {sum(d.changes.values()):,} "
                   f"would change, {d.without_decision:,} without a recorded decision; nothing was produced")
         if d.changes:
-            t = Table(title="what would change")
-            for col in ("kind", "decided", "would be", "count", "examples"):
-                t.add_column(col)
+            t = table("what would change", ("kind", "decided", "would be", "count", "examples"))
             for c in d.as_json()["changes"]:
                 t.add_row(c["kind"], c["before"], c["after"], f"{c['count']:,}", "\n".join(c["examples"]))
             con.print(t)
@@ -257,6 +259,15 @@ def _print(summary: Any, as_json: bool, mode: str) -> None:
         con.print(f"audit record on the control topic; see: samex trace {summary.replay_id}")
     if summary.interrupted:
         sys.exit(130)
+    if nothing_selected(summary, mode):
+        console(stderr=True).print("nothing selected: no recorded message in the window matches the filters; nothing "
+                                   "was sent and no audit record was written (exit 1)")
+        sys.exit(1)
+
+
+def nothing_selected(summary: Any, mode: str) -> bool:
+    """A re-send or copy that matched nothing: an error (exit 1), as a mistyped message id usually is."""
+    return mode != "dry-run" and not summary.selected and not summary.interrupted
 
 
 def register(cli: click.Group) -> None:

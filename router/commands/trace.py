@@ -120,12 +120,12 @@ def trace_cmd(ident: str | None, patient: bool, pnr: str | None, sync: bool, lim
         click.echo(orjson.dumps({"query": "patient" if key else ident, "messages": ids, "hops": _hops_json(hops)},
                                 option=orjson.OPT_INDENT_2).decode())
         sys.exit(0 if hops else 1)
-    from rich.console import Console
     from rich.table import Table
 
+    from router.commands.out import console
     from router.timeutil import fmt_ms
 
-    con = Console()
+    con = console()
     if not hops:
         con.print(f"nothing found for {label}")
         sys.exit(1)

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from router.codec import default_codec
 from router.errors import RulesError
 from router.kafkaio import producer
-from router.metrics import WorkerMetrics
+from router.metrics import EtappView, WorkerMetrics
 from router.rules.engine import Engine
 from router.rules.load import load_rules
 from router.settings import Settings
@@ -52,7 +52,7 @@ class WorkerRuntime:
                                     on_etapp=self._on_etapp)
         self.core = RouterCore(settings, self.codec, self.metrics, engine, self.control.states, settings.worker_id)
         self.metrics.set_rules(engine.version, time.time())
-        self._publish_etapp_metrics(engine)
+        self.metrics.etapp_view = self.etapp_view
         self.caught_up = asyncio.Event()
         self.stop_event = asyncio.Event()
         self.producer: Any = None
@@ -70,22 +70,26 @@ class WorkerRuntime:
     def _on_rules(self, engine: Engine) -> None:
         self.core.engine = engine
         self.metrics.set_rules(engine.version, time.time())
-        self._publish_etapp_metrics(engine)
 
     def _on_refused(self, reason: str, problems: list[str]) -> None:
         self.metrics.rules_refused.labels(reason).inc()
 
     def _on_etapp(self, change: EtappChange) -> None:
-        self._publish_etapp_metrics(self.core.engine)
+        """Nothing to do: the etapp series are read from the state book at each scrape."""
 
-    def _publish_etapp_metrics(self, engine: Engine) -> None:
+    def etapp_view(self) -> list[EtappView]:
+        """Each etapp of the active rule set as it routes now (the samex_etapp_* series)."""
+        engine = self.core.engine
         now = int(time.time() * 1000)
+        states = self.control.states.at(now)
+        out = []
         for etapp, golive in engine.golive_ms.items():
             cur = self.control.states.current(etapp, now)
-            state = cur.state if cur else "scheduled"
-            since = (cur.effective_ms if cur else 0) / 1000
+            live, state = engine.is_live(etapp, now, states)
             until = (cur.hold_until_ms or 0) / 1000 if cur and cur.state == "hold" else 0
-            self.metrics.set_etapp(etapp, state, since, golive / 1000, until)
+            out.append(EtappView(etapp, state or "scheduled", cur.effective_ms / 1000 if cur else None,
+                                 golive / 1000, until, live and state != "hold"))
+        return out
 
     # -- the hot path -----------------------------------------------------------------------------
     async def wait_tables(self, timeout_s: float = 60.0) -> None:
