@@ -284,8 +284,9 @@ def kind_of(msg: Message) -> Kind:
         raise MissingFieldError("MSH-9 (message type) is empty")
     kind = KIND_OF.get((mtype, trigger)) or KIND_OF.get((mtype, "*"))
     if kind is None:
-        shown = re.sub(r"[^A-Z0-9^]", "", f"{mtype}^{trigger}")[:12]
-        raise UnsupportedTypeError(f"unsupported message type {shown} (MSH-9)")
+        shown = re.sub(r"[^A-Z0-9^]", "", f"{mtype}^{trigger}" if trigger else mtype)[:12]
+        without = "" if trigger else ", no trigger event"
+        raise UnsupportedTypeError(f"unsupported message type {shown} (MSH-9{without})")
     return kind
 
 
@@ -331,7 +332,8 @@ def patient_of(msg: Message) -> tuple[str, str]:
         try:
             norm, real = parse_patient_id(value)
         except IdentifierError as exc:
-            raise PatientError(f"invalid patient identifier in PID-3: {exc}") from None
+            what = str(exc).removeprefix("patient identifier: ")
+            raise PatientError(f"invalid patient identifier in PID-3: {what}") from None
         if real != kind:
             raise PatientError(f"invalid patient identifier in PID-3: a {real} under the {kind} OID")
         return norm, real

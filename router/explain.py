@@ -36,6 +36,9 @@ def envelope_from_json(data: bytes) -> dict[str, Any]:
     obj = dict(obj)
     if isinstance(obj.get("patient"), dict) and "id" in obj["patient"]:
         obj["patient"] = {"value": obj["patient"]["id"], "type": obj["patient"].get("id_type")}
+    for part in ("sender", "receiver", "correlation", "payload"):  # the patient may be a string too
+        if part in obj and not isinstance(obj[part], dict) and not (part == "correlation" and obj[part] is None):
+            raise MappingError(f"invalid envelope: {part}: must be an object, not {type(obj[part]).__name__}")
     if "payload" not in obj:
         obj["payload"] = {"format": "other", "data": data, "sha256": hashlib.sha256(data).hexdigest()}
     elif isinstance(obj["payload"].get("data"), str):
@@ -48,7 +51,7 @@ def envelope_from_json(data: bytes) -> dict[str, Any]:
         loc = ".".join(str(p) for p in first["loc"])
         msg = first["msg"].removeprefix("Value error, ")
         if loc.startswith("patient"):
-            raise MappingError(f"invalid patient identifier: {msg}") from None
+            raise MappingError(f"invalid patient identifier: {msg.removeprefix('patient identifier: ')}") from None
         raise MappingError(f"invalid envelope: {loc}: {msg}") from None
 
 
@@ -66,7 +69,8 @@ def to_record(data: bytes, received_ms: int) -> dict[str, Any]:
         try:
             return map_hl7(stripped.rstrip(b"\x1c\r\n"), received_ms=received_ms, source="explain").to_record()
         except IdentifierError as exc:
-            raise MappingError(f"invalid patient identifier: {exc}") from None
+            raise MappingError(f"invalid patient identifier: {str(exc).removeprefix('patient identifier: ')}") \
+                from None
     raise MappingError("the file is neither HL7 v2 (starting with MSH) nor an envelope as JSON")
 
 

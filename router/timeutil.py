@@ -15,22 +15,34 @@ def parse_cli_instant(text: str | None) -> int:
     """Epoch milliseconds. ``None``/``now`` → now; a time without zone is Europe/Stockholm local time."""
     if text is None or text.strip().lower() == "now":
         return int(time.time() * 1000)
-    from router.rules.model import parse_instant
+    from router.rules.model import parse_instant, wall_time
 
     try:
         return int(parse_instant(text).timestamp() * 1000)
-    except ValueError:
-        pass
+    except ValueError as exc:
+        if "the clocks" in str(exc):  # a wall-clock time the zone skips or shows twice
+            raise ConfigError(str(exc)) from None
     try:
         value = dt.datetime.fromisoformat(text.strip().replace(" ", "T", 1))
     except ValueError:
         raise ConfigError(f"cannot read the instant {text!r}; write e.g. 2026-04-21T06:00 Europe/Stockholm") from None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=STOCKHOLM)
+        try:
+            value = wall_time(value, STOCKHOLM, text)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return int(value.timestamp() * 1000)
 
 
 def fmt_ms(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, STOCKHOLM).isoformat(timespec="seconds")
+    spec = "milliseconds" if ms % 1000 else "seconds"
+    return dt.datetime.fromtimestamp(ms / 1000, STOCKHOLM).isoformat(timespec=spec)
+
+
+def fmt_minute(ms: int) -> str:
+    """Stockholm time to the minute when the instant is on a whole minute (go-lives are), else to the
+    second or millisecond, so that an instant just before a boundary never reads as the boundary."""
+    spec = "minutes" if ms % 60_000 == 0 else "seconds" if ms % 1000 == 0 else "milliseconds"
+    return dt.datetime.fromtimestamp(ms / 1000, STOCKHOLM).isoformat(timespec=spec)

@@ -134,6 +134,7 @@ def test_wrong_or_unknown_charset_is_a_typed_error_without_patient_data() -> Non
     (b"\x00\xff\xfe garbage", NotHl7Error, "MSH"),
     (msg("ADT^A01"), UnsupportedTypeError, "unsupported message type ADT^A01"),
     (msg("ACK^R01"), UnsupportedTypeError, "unsupported"),
+    (msg("REF"), UnsupportedTypeError, r"unsupported message type REF \(MSH-9, no trigger event\)"),
     (msg(control=""), Hl7Error, "MSH-10"),
     (msg(msh4=""), Hl7Error, "MSH-4"),
     (msg(msh6="LABBET"), Hl7Error, "HSA-id"),

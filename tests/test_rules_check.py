@@ -92,7 +92,7 @@ def test_unreadable_csv_and_pathological_yaml_are_problems_not_tracebacks(rules)
     (rules / "routes" / "etapp-4-vastra.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
     r = run(rules)
     assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
-    assert f"{csv}:" in r.output and "not readable as CSV" in r.output, r.output
+    assert f"{csv}:3: not readable as CSV from this line on" in r.output, r.output
     assert "etapp-4-vastra.yaml:1: YAML error: nested too deeply" in r.output, r.output
 
 
@@ -139,8 +139,20 @@ def test_overlapping_routes_at_equal_priority(rules):
                     "    to: [millennium]\n"
                     "  - id: b\n    kind: remiss\n    receiver: {area: [sodra]}\n    priority: 300\n    to: [elvis]\n")
     r = run(rules)
-    assert r.exit_code == 1 and "routes a and b both apply at equal priority" in r.output
-    assert f"{path}:3:" in r.output
+    # at the later route's line (the one an integration team would just have added), naming the other's
+    assert r.exit_code == 1 and f"{path}:8: routes a ({path}:3) and b both apply at equal priority" in r.output, \
+        r.output
+
+
+def test_an_etapp_route_clashing_with_a_base_route_is_reported_in_the_etapp_file(rules):
+    path = rules / "routes" / "etapp-3-norra-ostra.yaml"
+    edit(path, "routes: []", "routes:\n  - id: e3-remiss-sjukhus-extra\n    kind: remiss\n"
+         "    receiver: {unit_type: [sjukhus]}\n    priority: 100\n    live: [millennium]\n    not_live: [elvis]")
+    r = run(rules)
+    assert r.exit_code == 1, r.output
+    clash = [ln for ln in r.output.splitlines() if "equal priority" in ln]
+    where = f"{path}:12: routes remiss-sjukhus ({rules}/routes/base.yaml:"
+    assert clash and all(ln.startswith(where) for ln in clash), r.output
 
 
 def test_a_gap_is_reported(rules):
@@ -157,6 +169,17 @@ def test_route_to_a_retired_system(rules):
          "  - id: elvis\n    description: x\n    retired_from: 2025-01-01T00:00 Europe/Stockholm")
     r = run(rules)
     assert r.exit_code == 1 and "route remiss-sjukhus sends to elvis after its retirement" in r.output
+
+
+def test_an_unclosed_quote_is_reported_where_it_opens(rules):
+    path = rules / "units.csv"
+    lines = path.read_text().splitlines()
+    lines[42] = '"' + lines[42]  # line 43
+    path.write_text("\n".join(lines) + "\n")
+    r = run(rules)
+    assert r.exit_code == 1
+    assert f"{path}:43: expected 7 columns, found 1; a quoted field opened on this line runs on to line " \
+           f"{len(lines)}: is a quote not closed?" in r.output, r.output
 
 
 def test_csv_problems(rules):

@@ -129,4 +129,45 @@ def test_a_destination_change_for_some_senders_is_not_hidden_by_a_rule_change_fo
     moved = [ln for ln in lines if "elvis -> melior" in ln]
     assert moved and all("rule remiss-sjukhus-fran-privat now decides instead of remiss-sjukhus" in ln
                          for ln in moved), lines
+    # and it says for which senders: not every remiss to those units changes
+    assert all(" remiss (from senders with unit type privat) to " in ln for ln in moved), moved
     assert pairs_changing(new) > 0
+
+
+def test_a_rule_for_one_subtype_is_found_and_named(new):
+    """A rule for one subtype only (the example in the etapp file): the subtype's messages change."""
+    edit(new / "routes" / "etapp-3-norra-ostra.yaml", "routes: []", """routes:
+  - id: e3-remiss-akut
+    kind: remiss
+    subtype: [REF^I12]
+    receiver: {unit_type: [sjukhus]}
+    priority: 200
+    live: [millennium]
+    not_live: [melior]""")
+    lines = change_lines(new, 1)
+    assert all(ln.startswith("before 2026-04-21T06:00+02:00: remiss (subtype REF^I12) to sjukhus units "
+                             "(etapp-3-norra-ostra; ") for ln in lines if "elvis -> melior" in ln), lines
+    assert any("elvis -> melior" in ln and "rule e3-remiss-akut now decides instead of remiss-sjukhus" in ln
+               for ln in lines), lines
+    a, b = Engine(load_rules(REPO / "rules")), Engine(load_rules(new))
+    at = parse_cli_instant("2026-04-01T12:00+02:00")
+    sjukhus = [h for h, u in b.units.items() if u.etapp == "etapp-3-norra-ostra" and u.unit_type == "sjukhus"]
+    assert pairs_changing(new) == len(sjukhus) > 0
+    env = {"kind": "remiss", "subtype": "REF^I12", "receiver": {"unit_hsa_id": sjukhus[0]},
+           "sender": {"unit_hsa_id": "", "care_provider_hsa_id": None}}
+    assert a.decide(env, at).destinations == ("elvis",) and b.decide(env, at).destinations == ("melior",)
+
+
+@pytest.mark.parametrize("field", ["live", "not_live"])
+def test_a_change_of_one_phase_destinations_says_the_rule_changed_them(new, field):
+    old_line = "    live: [millennium]\n    not_live: [elvis]"
+    new_line = ("    live: [millennium, melior]\n    not_live: [elvis]" if field == "live"
+                else "    live: [millennium]\n    not_live: [elvis, melior]")
+    text = (new / "routes" / "base.yaml").read_text()
+    first = text.index(old_line)  # remiss-sjukhus, the first route
+    (new / "routes" / "base.yaml").write_text(text[:first] + new_line + text[first + len(old_line):])
+    lines = change_lines(new, 1)
+    assert all("because rule remiss-sjukhus changed its destinations (rule remiss-sjukhus)" in ln
+               for ln in lines), lines
+    assert any(("millennium -> millennium, melior" if field == "live" else "elvis -> elvis, melior") in ln
+               for ln in lines), lines

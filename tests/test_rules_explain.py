@@ -82,3 +82,33 @@ def test_unreadable_file_exits_2(tmp_path):
 def test_garbage_is_a_dead_letter_not_a_crash(tmp_path):
     r = explain(tmp_path, b"\x00\x01garbage")
     assert r.exit_code == 0 and json.loads(r.stdout)["destinations"] == ["dead-letter"]
+
+
+@pytest.mark.parametrize("part,value", [("payload", "x"), ("payload", None), ("payload", [1]), ("sender", "x"),
+                                        ("receiver", None), ("correlation", "x")])
+def test_an_envelope_part_that_is_not_an_object_is_a_dead_letter(tmp_path, part, value):
+    body = json.loads(envelope_json("remiss", unit("sjukhus", "etapp-2-sodra").hsa_id,
+                                    unit("sjukhus", "etapp-2-sodra").hsa_id))
+    body[part] = value
+    r = explain(tmp_path, json.dumps(body))
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["destinations"] == ["dead-letter"] and f"{part}: must be an object" in out["reason"], out
+    assert PNR[:8] not in r.output
+
+
+def test_a_patient_that_is_a_list_is_a_dead_letter(tmp_path):
+    body = json.loads(envelope_json("remiss", unit("sjukhus", "etapp-2-sodra").hsa_id,
+                                    unit("sjukhus", "etapp-2-sodra").hsa_id))
+    body["patient"] = [PNR]
+    r = explain(tmp_path, json.dumps(body))
+    assert r.exit_code == 0 and json.loads(r.stdout)["destinations"] == ["dead-letter"], r.output
+    assert PNR[:8] not in r.output
+
+
+def test_a_failed_check_digit_is_said_once(tmp_path):
+    bad = PNR[:-1] + str((int(PNR[-1]) + 1) % 10)
+    body = envelope_json("remiss", unit("sjukhus", "etapp-2-sodra").hsa_id, unit("sjukhus", "etapp-2-sodra").hsa_id,
+                         patient=bad)
+    reason = json.loads(explain(tmp_path, body).stdout)["reason"]
+    assert reason.count("patient identifier") == 1 and "Luhn" in reason, reason

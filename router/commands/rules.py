@@ -10,7 +10,7 @@ import orjson
 
 from router.errors import RulesError, SamexError
 
-DIR = click.Path(file_okay=False, path_type=Path)
+DIR = click.Path(exists=True, file_okay=False, path_type=Path)  # missing or a file: a usage error, exit 2
 
 
 @click.group("rules")
@@ -24,7 +24,7 @@ def check(rules_dir: Path) -> None:
     """Prove a rule folder consistent: YAML and types, references, one etapp per unit, exactly one
     applicable route per (unit × kind × interval), no route to a retired system.
 
-    Exit 0 when clean; 1 with one 'file:line: message' per problem."""
+    Exit 0 when clean; 1 with one 'file:line: message' per problem; 2 when RULES_DIR is not a folder."""
     from router.rules.analysis import check_texts
     from router.rules.load import read_rule_texts
 
@@ -82,7 +82,14 @@ def explain_cmd(rules_dir: Path, as_of: str | None, states: tuple[str, ...], fil
     """Decide one message (HL7 v2 ER7, or an envelope as JSON) and print the decision as JSON.
 
     A message that cannot be routed prints destinations ["dead-letter"] with the reason (exit 0);
-    an unreadable file exits 2."""
+    an unreadable file exits 2.
+
+    \b
+    Envelope JSON (kind, patient, sender and receiver are required):
+      {"kind": "remiss", "subtype": "REF^I12", "patient": "<personnummer>",
+       "sender": {"unit_hsa_id": "SE..."}, "receiver": {"unit_hsa_id": "SE..."}}
+    kind: remiss | lab_order | lab_result | info; patient: the number as text or
+    {"value": ..., "type": "personnummer"}; payload (optional): {"format": ..., "data": "..."}."""
     from router.explain import explain
     from router.timeutil import parse_cli_instant
 

@@ -7,7 +7,6 @@ the candidate routes can tell apart, so a conflict or a gap is found before any 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,11 +19,16 @@ from router.rules.model import NO_ROUTE
 UNKNOWN_SENDER = Unit("(unknown sender)", "", "", "", "", "", None)
 
 
-def _sender_classes(engine: Engine) -> list[Unit]:
-    """One representative sender per distinct attribute combination (plus an unknown sender)."""
+def _sender_classes(*engines: Engine) -> list[Unit]:
+    """One representative sender per class of units that no route's conditions can tell apart (same
+    type, area, municipality and care provider; a unit named in a sender selector's HSA-id list is a
+    class of its own), plus an unknown sender. Grouping keeps a directory of thousands of units cheap."""
+    named = {h for e in engines for cands in e._index.values() for r in cands if r.sender is not None
+             for h in r.sender.hsa_id}
     seen: dict[tuple[str, ...], Unit] = {}
-    for u in engine.units.values():
-        seen.setdefault((u.unit_type, u.area, u.municipality, u.care_provider, u.hsa_id), u)
+    for u in (u for e in engines for u in e.units.values()):
+        seen.setdefault((u.unit_type, u.area, u.municipality, u.care_provider, u.hsa_id if u.hsa_id in named else ""),
+                        u)
     return [*seen.values(), UNKNOWN_SENDER]
 
 
@@ -43,9 +47,9 @@ def _applicable(cands: tuple[CompiledRoute, ...], receiver: Unit, senders: list[
 
 
 def _fmt_ms(ms: int) -> str:
-    from router.timeutil import STOCKHOLM
+    from router.timeutil import fmt_minute
 
-    return dt.datetime.fromtimestamp(ms / 1000, STOCKHOLM).isoformat(timespec="minutes")
+    return fmt_minute(ms)
 
 
 def check_rules(rules: RuleSet, label_root: str = "rules") -> list[str]:
@@ -54,7 +58,7 @@ def check_rules(rules: RuleSet, label_root: str = "rules") -> list[str]:
     senders = _sender_classes(engine)
     problems: list[str] = []
     gaps: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    conflicts: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
+    conflicts: dict[tuple[str, str, str, str, str], list[str]] = defaultdict(list)
     retired: dict[tuple[str, str], list[str]] = defaultdict(list)
     for hsa, unit in sorted(engine.units.items()):
         phases = (False, True) if unit.etapp else (False,)
@@ -70,8 +74,10 @@ def check_rules(rules: RuleSet, label_root: str = "rules") -> list[str]:
                         continue
                     top = [r for r in routes if r.priority == routes[0].priority]
                     if len({r.id for r in top}) > 1:
-                        a, b = top[0], top[1]
-                        conflicts[(a.source, a.id, b.id, phase)].append(f"{kind} to {hsa}")
+                        # reported where the later of the two stands (usually the rule just added),
+                        # naming where the other one is
+                        a, b = sorted(top[:2], key=lambda r: r.order)
+                        conflicts[(b.source, a.id, a.source, b.id, phase)].append(f"{kind} to {hsa}")
                 for r in cands:
                     if r.targets == (NO_ROUTE,):
                         continue
@@ -87,9 +93,10 @@ def check_rules(rules: RuleSet, label_root: str = "rules") -> list[str]:
     for (gap_kind, utype, phase), where in sorted(gaps.items()):
         problems.append(f"{label_root}/routes/base.yaml:1: no applicable route for {gap_kind} to {utype} units "
                         f"({phase}): {where[0]}" + (f" and {len(where) - 1} more" if len(where) > 1 else ""))
-    for (source, rid_a, rid_b, phase), where in sorted(conflicts.items()):
-        problems.append(f"{label_root}/{source}: routes {rid_a} and {rid_b} both apply at equal priority ({phase}): "
-                        f"{where[0]}" + (f" and {len(where) - 1} more" if len(where) > 1 else ""))
+    for (source, rid_a, source_a, rid_b, phase), where in sorted(conflicts.items()):
+        problems.append(f"{label_root}/{source}: routes {rid_a} ({label_root}/{source_a}) and {rid_b} both apply at "
+                        f"equal priority ({phase}): {where[0]}" + (f" and {len(where) - 1} more" if len(where) > 1
+                                                                   else ""))
     for (source, msg), units in sorted(retired.items()):
         problems.append(f"{label_root}/{source}: {msg}, e.g. for {units[0]}"
                         + (f" and {len(units) - 1} more units" if len(units) > 1 else ""))
@@ -107,7 +114,9 @@ def check_texts(texts: dict[str, str], label_root: str = "rules") -> list[str]:
 class Change:
     """One (unit × kind) whose routing differs between two rule sets over [since_ms, until_ms)
     (None: before the first instant / open-ended). ``dest_change`` is False when the destinations
-    stay and only the deciding rule differs. ``causes`` say why, in words."""
+    stay and only the deciding rule differs. ``causes`` say why, in words. ``scope`` says which
+    messages of that kind it concerns when not all of them: "subtype REF^I12", "from senders with
+    unit type privat" (empty: every message of the kind to that unit)."""
     kind: str
     unit: str
     unit_type: str
@@ -120,24 +129,40 @@ class Change:
     after_rule: str | None
     causes: tuple[str, ...] = ()
     dest_change: bool = True
+    scope: str = ""
 
 
-def _outcome(engine: Engine, hsa: str, kind: str, at_ms: int, sender: Unit | None) -> tuple[str, str | None]:
+Outcome = tuple[str, str | None]  # (destinations or outcome in words, deciding rule)
+
+
+def _outcome(engine: Engine, hsa: str, kind: str, at_ms: int, sender: Unit | None,
+             subtype: str | None = None) -> Outcome:
     env = {"kind": kind, "receiver": {"unit_hsa_id": hsa},
-           "sender": {"unit_hsa_id": sender.hsa_id if sender else "", "care_provider_hsa_id": None},
-           "subtype": None}
+           "sender": {"unit_hsa_id": sender.hsa_id if sender else "",
+                      "care_provider_hsa_id": sender.care_provider if sender else None},
+           "subtype": subtype}
     d = engine.decide(env, at_ms, {})
     if d.outcome == "routed":
         return ", ".join(d.destinations), d.rule
     return f"{d.outcome} ({d.reason_code})", d.rule
 
 
-def _route_targets(engine: Engine) -> dict[str, tuple[str, ...]]:
-    return {r.id: r.targets for c in engine._index.values() for r in c}
+def _routes_by_id(engine: Engine) -> dict[str, list[CompiledRoute]]:
+    """Every compiled variant of each rule (a rule with live and not_live destinations has two)."""
+    out: dict[str, dict[int, CompiledRoute]] = defaultdict(dict)
+    for cands in engine._index.values():
+        for r in cands:
+            out[r.id][r.order] = r
+    return {k: list(v.values()) for k, v in out.items()}
+
+
+def _targets(routes: dict[str, list[CompiledRoute]]) -> dict[str, frozenset[tuple[str, tuple[str, ...]]]]:
+    """Each rule's destinations, per phase (``when``): a change of ``live:`` alone is a change."""
+    return {rid: frozenset((r.when, r.targets) for r in rs) for rid, rs in routes.items()}
 
 
 def _causes(a: Engine, b: Engine, hsa: str, before_rule: str | None, after_rule: str | None,
-            targets: tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]) -> tuple[str, ...]:
+            targets: tuple[dict[str, frozenset[tuple[str, tuple[str, ...]]]], ...]) -> tuple[str, ...]:
     """Why a unit's routing differs: what changed in the plan, the directory, the systems or the rules."""
     old, new = a.units.get(hsa), b.units.get(hsa)
     out: list[str] = []
@@ -173,33 +198,66 @@ def _causes(a: Engine, b: Engine, hsa: str, before_rule: str | None, after_rule:
     return tuple(out) or ("the rule set's other changes (conditions or priorities)",)
 
 
+def _listed(values: list[str] | tuple[str, ...], most: int = 3) -> str:
+    vals = list(values)
+    return ", ".join(vals[:most]) + (f" and {len(vals) - most} more" if len(vals) > most else "")
+
+
+def _sender_words(routes: list[CompiledRoute]) -> str:
+    """The sender condition of the deciding rules, in words."""
+    parts: list[str] = []
+    for r in routes:
+        sel = r.sender
+        if sel is not None:
+            words = [f"{attr.replace('_', ' ')} {_listed(getattr(sel, attr))}"
+                     for attr in ("unit_type", "area", "municipality", "care_provider", "hsa_id") if getattr(sel, attr)]
+            parts.append("from senders with " + " and ".join(words))
+        if r.cross_provider is not None:
+            parts.append("from another care provider" if r.cross_provider else "from the same care provider")
+    return "; ".join(dict.fromkeys(parts))
+
+
+def _scope(group: list[tuple[Unit | None, str | None]], senders: list[Unit | None], subtypes: list[str | None],
+           deciding: list[CompiledRoute]) -> str:
+    """Which messages of the kind a change concerns, when not all: by subtype, by sender."""
+    words: list[str] = []
+    group_st = {st for _s, st in group}
+    if group_st != set(subtypes):
+        named = sorted(x for x in group_st if x is not None)
+        if None in group_st:
+            words.append("subtypes other than " + _listed(sorted(x for x in subtypes if x and x not in group_st)))
+        else:
+            words.append(f"subtype{'s' if len(named) > 1 else ''} {_listed(named)}")
+    group_senders = {id(s) for s, _st in group}
+    if len(group_senders) < len(senders):
+        words.append(_sender_words(deciding) or f"from {len(group_senders)} of {len(senders)} sender classes")
+    return "; ".join(words)
+
+
 def diff_rules(old: RuleSet, new: RuleSet) -> list[Change]:
     """Which (unit × kind) routings change, over which interval between instants, and why.
-    Consecutive intervals with the same change are merged into one."""
+    Every class of sender and every subtype that a candidate route of either set tells apart is
+    tried; a destination change wins over a rule-only one, and ``scope`` names the messages it
+    concerns when not all. Consecutive intervals with the same change are merged into one."""
     a, b = Engine(old), Engine(new)
     instants = sorted({*a.instants(), *b.instants()})
     probes: list[tuple[int | None, int, int | None]] = [(None, (instants[0] - 1) if instants else 0,
                                                          instants[0] if instants else None)]
     probes += [(t, t, instants[i + 1] if i + 1 < len(instants) else None) for i, t in enumerate(instants)]
     changes: list[Change] = []
-    conditional = any(not r.unconditional for e in (a, b) for c in e._index.values() for r in c)
-    senders: list[Unit | None] = list(_sender_classes(b)) if conditional else [None]
-    targets = (_route_targets(a), _route_targets(b))
+    all_senders: list[Unit | None] = list(_sender_classes(b, a))
+    routes = (_routes_by_id(a), _routes_by_id(b))
+    targets = (_targets(routes[0]), _targets(routes[1]))
     for hsa in sorted(set(a.units) | set(b.units)):
         unit = b.units.get(hsa) or a.units[hsa]
         for kind in KINDS:
+            cands = [r for e in (a, b) for live in (True, False) for r in e.candidates(hsa, kind, live)]
+            by_sender = any(r.sender is not None or r.cross_provider is not None for r in cands)
+            senders: list[Unit | None] = all_senders if by_sender else [None]
+            subtypes: list[str | None] = [None, *sorted({s for r in cands if r.subtypes for s in r.subtypes})]
             open_change: Change | None = None
             for since, at, until in probes:
-                found: Change | None = None
-                for sender in senders:  # every class of sender: a destination change wins over a rule-only one
-                    before = _outcome(a, hsa, kind, at, sender)
-                    after = _outcome(b, hsa, kind, at, sender)
-                    if before != after and (found is None or (not found.dest_change and before[0] != after[0])):
-                        found = Change(kind, hsa, unit.unit_type, unit.etapp, since, until, before[0], after[0],
-                                       before[1], after[1], _causes(a, b, hsa, before[1], after[1], targets),
-                                       before[0] != after[0])
-                        if found.dest_change:
-                            break
+                found = _probe(a, b, hsa, unit, kind, since, at, until, senders, subtypes, routes, targets)
                 if open_change is not None and found is not None and _same_change(open_change, found):
                     open_change = dataclasses.replace(open_change, until_ms=found.until_ms)  # one interval
                     continue
@@ -211,9 +269,31 @@ def diff_rules(old: RuleSet, new: RuleSet) -> list[Change]:
     return changes
 
 
+def _probe(a: Engine, b: Engine, hsa: str, unit: Unit, kind: str, since: int | None, at: int, until: int | None,
+           senders: list[Unit | None], subtypes: list[str | None],
+           routes: tuple[dict[str, list[CompiledRoute]], dict[str, list[CompiledRoute]]],
+           targets: tuple[dict[str, frozenset[tuple[str, tuple[str, ...]]]], ...]) -> Change | None:
+    """The change of one (unit × kind) at one instant, or None."""
+    groups: dict[tuple[Outcome, Outcome], list[tuple[Unit | None, str | None]]] = defaultdict(list)
+    for sender in senders:
+        for st in subtypes:
+            before = _outcome(a, hsa, kind, at, sender, st)
+            after = _outcome(b, hsa, kind, at, sender, st)
+            if before != after:
+                groups[(before, after)].append((sender, st))
+    if not groups:
+        return None
+    # a destination change wins over a rule-only one; then the one that concerns the most messages
+    (before, after), group = max(groups.items(), key=lambda kv: (kv[0][0][0] != kv[0][1][0], len(kv[1])))
+    deciding = [*routes[1].get(after[1] or "", ()), *routes[0].get(before[1] or "", ())]
+    return Change(kind, hsa, unit.unit_type, unit.etapp, since, until, before[0], after[0], before[1], after[1],
+                  _causes(a, b, hsa, before[1], after[1], targets), before[0] != after[0],
+                  _scope(group, senders, subtypes, deciding))
+
+
 def _same_change(x: Change, y: Change) -> bool:
-    return (x.before, x.after, x.before_rule, x.after_rule, x.causes) == (y.before, y.after, y.before_rule,
-                                                                          y.after_rule, y.causes)
+    return (x.before, x.after, x.before_rule, x.after_rule, x.causes, x.scope) == (
+        y.before, y.after, y.before_rule, y.after_rule, y.causes, y.scope)
 
 
 def format_changes(changes: list[Change]) -> list[str]:
@@ -222,10 +302,10 @@ def format_changes(changes: list[Change]) -> list[str]:
     groups: dict[tuple[object, ...], list[Change]] = defaultdict(list)
     for c in changes:
         groups[(not c.dest_change, c.since_ms or 0, c.until_ms or 0, c.kind, c.unit_type, c.etapp or "", c.before,
-                c.after, c.before_rule or "", c.after_rule or "", c.causes)].append(c)
+                c.after, c.before_rule or "", c.after_rule or "", c.causes, c.scope)].append(c)
     lines = []
     for key, items in sorted(groups.items(), key=lambda kv: kv[0]):
-        same, since, until, kind, utype, etapp, before, after, rb, ra, causes = key
+        same, since, until, kind, utype, etapp, before, after, rb, ra, causes, scope = key
         if since and until:
             when = f"from {_fmt_ms(int(since))} until {_fmt_ms(int(until))}"  # type: ignore[call-overload]
         elif since:
@@ -237,7 +317,8 @@ def format_changes(changes: list[Change]) -> list[str]:
         units = ", ".join(c.unit for c in items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
         what = f"{before} (same destinations)" if same else f"{before} -> {after}"
         rules = f"rule {rb or '-'}" if rb == ra else f"rule {rb or '-'} -> {ra or '-'}"
-        lines.append(f"{when}: {kind} to {utype} units ({etapp or 'no etapp'}; {len(items)} "
+        lines.append(f"{when}: {kind}{f' ({scope})' if scope else ''} to {utype} units ({etapp or 'no etapp'}; "
+                     f"{len(items)} "
                      f"unit{'s' if len(items) != 1 else ''}): {what}, because {'; '.join(causes)} "  # type: ignore[arg-type]
                      f"({rules}); units {units}")
     return lines

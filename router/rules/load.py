@@ -132,12 +132,25 @@ def _unit_rows(reader: Any, text: str, label: str, problems: list[str]) -> dict[
     if header is None or [h.strip() for h in header] != CSV_COLUMNS:
         problems.append(f"{label}:1: header must be {','.join(CSV_COLUMNS)}")
         return units
-    for row in reader:
-        line = reader.line_num
+    end = reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. an unclosed quote running on until a field is too large
+            problems.append(f"{label}:{end + 1}: not readable as CSV from this line on ({exc}): is a quote not "
+                            "closed?")
+            break
+        # a record starts on the line after the previous one ended (line_num is where it ended: a
+        # quoted field may run over several lines)
+        line, end = end + 1, reader.line_num
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) != len(CSV_COLUMNS):
-            problems.append(f"{label}:{line}: expected {len(CSV_COLUMNS)} columns, found {len(row)}")
+            runs_on = (f"; a quoted field opened on this line runs on to line {end}: is a quote not closed?"
+                       if end > line else "")
+            problems.append(f"{label}:{line}: expected {len(CSV_COLUMNS)} columns, found {len(row)}{runs_on}")
             continue
         hsa, name, provider, _provider_name, area, muni, utype = (c.strip() for c in row)
         bad = False

@@ -26,6 +26,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def wall_time(naive: dt.datetime, tz: dt.tzinfo, text: str) -> dt.datetime:
+    """``naive`` as a wall-clock time in ``tz``; refused when the clocks skip it (spring) or show it
+    twice (autumn), since either reading could be meant."""
+    first, second = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() != second.utcoffset():
+        offsets = [_offset(x) for x in (first, second)]
+        there = first.astimezone(dt.UTC).astimezone(tz).replace(tzinfo=None)
+        if there != naive:
+            raise ValueError(f"instant {text!r} does not exist in {tz} (the clocks skip it); write an offset, "
+                             f"e.g. {offsets[0]} or {offsets[1]}")
+        raise ValueError(f"instant {text!r} occurs twice in {tz} (the clocks go back); write the offset: "
+                         f"{offsets[0]} for the first, {offsets[1]} for the second")
+    return first
+
+
+def _offset(t: dt.datetime) -> str:
+    total = int((t.utcoffset() or dt.timedelta()).total_seconds()) // 60
+    return f"{'+' if total >= 0 else '-'}{abs(total) // 60:02d}:{abs(total) % 60:02d}"
+
+
 def parse_instant(text: str) -> dt.datetime:
     """``2024-11-12T06:00 Europe/Stockholm`` or ISO 8601 with an offset; a zone is mandatory."""
     if isinstance(text, dt.datetime):
@@ -47,7 +67,7 @@ def parse_instant(text: str) -> dt.datetime:
             raise ValueError(f"instant {text!r}: {local!r} is not an ISO date-time") from None
         if naive.tzinfo is not None:
             raise ValueError(f"instant {text!r} has both an offset and a zone")
-        return naive.replace(tzinfo=tz)
+        return wall_time(naive, tz, text)
     if len(parts) == 3:  # "2024-11-12 06:00 Europe/Stockholm"
         return parse_instant(f"{parts[0]}T{parts[1]} {parts[2]}")
     try:
