@@ -291,14 +291,15 @@ def is_traffic(c: Child) -> bool:
 
 
 def wait_ready(children: list[Child], inbound_topic: str, partitions: int, echo: Callable[[str], None],
-               timeout_s: float = 90.0, stopping: Callable[[], bool] = lambda: False) -> bool:
+               timeout_s: float = 90.0, stopping: Callable[[], bool] = lambda: False) -> str | None:
     """Wait until the workers have read the control topic and own every inbound partition between
-    them, so that the first messages do not wait for the consumer group to form. False on timeout."""
+    them, so that the first messages do not wait for the consumer group to form. None when they do,
+    else why not."""
     workers = [c for c in children if c.name.startswith("worker") and c.metrics_port]
     t_end = time.monotonic() + timeout_s
     while time.monotonic() < t_end and not stopping():
         if any(c.proc is None or c.proc.poll() is not None for c in workers):
-            return False  # a worker exited: the main loop reports it with its log
+            return "a worker exited"  # the main loop reports it with its log
         ready = 0
         owned: set[tuple[str, str]] = set()
         for c in workers:
@@ -310,9 +311,9 @@ def wait_ready(children: list[Child], inbound_topic: str, partitions: int, echo:
                 fold(snap, scrape(port))
                 owned |= {p for p in snap.lag_partitions if p[0] == inbound_topic}
         if ready == len(workers) and len(owned) >= partitions:
-            return True
+            return None
         time.sleep(0.5)
-    return False
+    return "stopped" if stopping() else f"the workers are not ready after {timeout_s:.0f} s"
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -360,9 +361,10 @@ def run_stack(settings: Settings, workers: int, rate: float, duration: float | N
             where = f", metrics http://127.0.0.1:{c.metrics_port}/metrics" if c.metrics_port else ""
             echo(f"started {c.name} pid {c.proc.pid if c.proc else '?'}{where}")
         echo("waiting for the workers to own the inbound partitions …")
-        if not wait_ready(children, settings.inbound_topic, settings.partitions, echo, stopping=lambda: stopping):
-            echo("the workers are not ready after 90 s; starting the traffic anyway (see the worker logs in "
-                 f"{log_dir})")
+        not_ready = wait_ready(children, settings.inbound_topic, settings.partitions, echo,
+                               stopping=lambda: stopping)
+        if not_ready and not stopping:
+            echo(f"{not_ready}; starting the traffic anyway (see the worker logs in {log_dir})")
         for c in [c for c in children if is_traffic(c)]:
             if stopping:
                 break

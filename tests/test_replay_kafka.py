@@ -180,6 +180,7 @@ async def test_replay_modes_on_routed_traffic(kafka_bootstrap, topic_prefix, tmp
     before_none = await sizes(kafka_bootstrap, watched)
     out = samex(s, "replay", "--from", frm, "--resend", "--reason", "test: typo", "--message-id", one[:-3], ok=False)
     assert out.returncode == 1 and "nothing selected" in out.stderr, out.stdout + out.stderr
+    assert "audit record on the control topic" not in out.stdout and "rp-" not in out.stdout, out.stdout
     assert await sizes(kafka_bootstrap, watched) == before_none
 
     # -- the rule fix is published; dead letters re-driven: what was dead-lettered is routed now

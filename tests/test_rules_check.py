@@ -182,6 +182,17 @@ def test_an_unclosed_quote_is_reported_where_it_opens(rules):
            f"{len(lines)}: is a quote not closed?" in r.output, r.output
 
 
+def test_an_unclosed_quote_on_the_last_row_is_named_too(rules):
+    path = rules / "units.csv"
+    lines = path.read_text().splitlines()
+    lines[-1] = lines[-1].replace(",", ',"', 1)  # one quote, opened and never closed
+    path.write_text("\n".join(lines) + "\n")
+    r = run(rules)
+    assert r.exit_code == 1
+    assert f"{path}:{len(lines)}: expected 7 columns, found " in r.output and "is a quote not closed?" in r.output, \
+        r.output
+
+
 def test_csv_problems(rules):
     path = rules / "units.csv"
     lines = path.read_text().splitlines()

@@ -171,3 +171,53 @@ def test_a_change_of_one_phase_destinations_says_the_rule_changed_them(new, fiel
                for ln in lines), lines
     assert any(("millennium -> millennium, melior" if field == "live" else "elvis -> elvis, melior") in ln
                for ln in lines), lines
+
+
+SENDER_RULE = """
+  - id: remiss-primarvard-fran-boras
+    kind: remiss
+    receiver: {unit_type: [primarvard]}
+    sender: {municipality: [Borås]}
+    priority: 200
+    to: [melior]
+"""
+
+
+def test_a_sender_that_moves_into_a_sender_condition_is_seen(new, tmp_path):
+    """A unit whose own attributes change (here: its municipality) must be tried as a sender too, not
+    only through another unit that already had the new attributes."""
+    old = tmp_path / "old"
+    shutil.copytree(REPO / "rules", old)
+    for d in (old, new):
+        with (d / "routes" / "base.yaml").open("a") as fh:
+            fh.write(SENDER_RULE)
+    moved = "SE2321000131-E000000001266,Alingsås lasarett Akutmottagningen,SE2321000131-E000000000001," \
+            "Västra Götalandsregionen,sodra,Alingsås,sjukhus"
+    edit(new / "units.csv", moved, moved.replace(",Alingsås,sjukhus", ",Borås,sjukhus"))
+    r = CliRunner().invoke(cli, ["rules", "diff", str(old), str(new)])
+    assert r.exit_code == 1, r.output
+    as_sender = [ln for ln in r.output.splitlines()
+                 if ln.startswith(("at all times", "before", "from")) and "to primarvard units" in ln
+                 and "-> melior" in ln]
+    assert as_sender and all("remiss (from senders with municipality Borås)" in ln and
+                             "rule remiss-primarvard-fran-boras now" in ln for ln in as_sender), r.output
+    primarvard = sum(1 for u in Engine(load_rules(new)).units.values() if u.unit_type == "primarvard")
+    assert sum(int(re.search(r"; (\d+) units?\)", ln).group(1)) for ln in as_sender) >= primarvard
+
+
+def test_every_change_of_a_pair_is_listed_with_the_senders_it_concerns(new, tmp_path):
+    """The sender condition moves from Borås to Alingsås: the Borås senders lose the route and the
+    Alingsås senders gain it; both are changes, for different senders."""
+    old = tmp_path / "old"
+    shutil.copytree(REPO / "rules", old)
+    with (old / "routes" / "base.yaml").open("a") as fh:
+        fh.write(SENDER_RULE)
+    with (new / "routes" / "base.yaml").open("a") as fh:
+        fh.write(SENDER_RULE.replace("[Borås]", "[Alingsås]"))
+    r = CliRunner().invoke(cli, ["rules", "diff", str(old), str(new)])
+    assert r.exit_code == 1, r.output
+    out = r.output.splitlines()
+    lost = [ln for ln in out if "melior -> " in ln and "to primarvard units" in ln]
+    gained = [ln for ln in out if "-> melior" in ln and "to primarvard units" in ln]
+    assert lost and all("(from senders with municipality Borås)" in ln for ln in lost), r.output
+    assert gained and all("(from senders with municipality Alingsås)" in ln for ln in gained), r.output

@@ -248,6 +248,8 @@ def _print(summary: Any, as_json: bool, mode: str) -> None:
             for c in d.as_json()["changes"]:
                 t.add_row(c["kind"], c["before"], c["after"], f"{c['count']:,}", "\n".join(c["examples"]))
             con.print(t)
+    elif nothing_selected(summary, mode):
+        pass  # said on stderr below; no replay id, since no audit record carries it
     elif mode == "to-topic":
         con.print(f"copied {summary.written:,} of {summary.selected:,} selected messages (replay {summary.replay_id})")
     else:

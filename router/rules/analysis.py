@@ -19,16 +19,37 @@ from router.rules.model import NO_ROUTE
 UNKNOWN_SENDER = Unit("(unknown sender)", "", "", "", "", "", None)
 
 
-def _sender_classes(*engines: Engine) -> list[Unit]:
+def _named_senders(*engines: Engine) -> set[str]:
+    """HSA-ids that some route's sender selector names."""
+    return {h for e in engines for cands in e._index.values() for r in cands if r.sender is not None
+            for h in r.sender.hsa_id}
+
+
+def _attrs(u: Unit) -> tuple[str, ...]:
+    return u.unit_type, u.area, u.municipality, u.care_provider
+
+
+def _sender_classes(engine: Engine) -> list[Unit]:
     """One representative sender per class of units that no route's conditions can tell apart (same
     type, area, municipality and care provider; a unit named in a sender selector's HSA-id list is a
     class of its own), plus an unknown sender. Grouping keeps a directory of thousands of units cheap."""
-    named = {h for e in engines for cands in e._index.values() for r in cands if r.sender is not None
-             for h in r.sender.hsa_id}
+    named = _named_senders(engine)
     seen: dict[tuple[str, ...], Unit] = {}
-    for u in (u for e in engines for u in e.units.values()):
-        seen.setdefault((u.unit_type, u.area, u.municipality, u.care_provider, u.hsa_id if u.hsa_id in named else ""),
-                        u)
+    for u in engine.units.values():
+        seen.setdefault((*_attrs(u), u.hsa_id if u.hsa_id in named else ""), u)
+    return [*seen.values(), UNKNOWN_SENDER]
+
+
+def _sender_pairs(a: Engine, b: Engine) -> list[Unit]:
+    """Sender classes for comparing two rule sets: units alike in both directories (the same attributes
+    in the old one and the same in the new one, or absent from one) form one class, so a unit whose
+    attributes change, or that joins or leaves the directory, is tried on its own."""
+    named = _named_senders(a, b)
+    seen: dict[tuple[object, ...], Unit] = {}
+    for h in sorted(set(a.units) | set(b.units)):
+        old, new = a.units.get(h), b.units.get(h)
+        key = (_attrs(old) if old else None, _attrs(new) if new else None, h if h in named else "")
+        seen.setdefault(key, new or old)  # type: ignore[arg-type]
     return [*seen.values(), UNKNOWN_SENDER]
 
 
@@ -139,7 +160,7 @@ def _outcome(engine: Engine, hsa: str, kind: str, at_ms: int, sender: Unit | Non
              subtype: str | None = None) -> Outcome:
     env = {"kind": kind, "receiver": {"unit_hsa_id": hsa},
            "sender": {"unit_hsa_id": sender.hsa_id if sender else "",
-                      "care_provider_hsa_id": sender.care_provider if sender else None},
+                      "care_provider_hsa_id": (sender.care_provider or None) if sender else None},
            "subtype": subtype}
     d = engine.decide(env, at_ms, {})
     if d.outcome == "routed":
@@ -237,15 +258,15 @@ def _scope(group: list[tuple[Unit | None, str | None]], senders: list[Unit | Non
 def diff_rules(old: RuleSet, new: RuleSet) -> list[Change]:
     """Which (unit × kind) routings change, over which interval between instants, and why.
     Every class of sender and every subtype that a candidate route of either set tells apart is
-    tried; a destination change wins over a rule-only one, and ``scope`` names the messages it
-    concerns when not all. Consecutive intervals with the same change are merged into one."""
+    tried; each distinct change is one ``Change`` whose ``scope`` names the messages it concerns
+    when not all. Consecutive intervals with the same change are merged into one."""
     a, b = Engine(old), Engine(new)
     instants = sorted({*a.instants(), *b.instants()})
     probes: list[tuple[int | None, int, int | None]] = [(None, (instants[0] - 1) if instants else 0,
                                                          instants[0] if instants else None)]
     probes += [(t, t, instants[i + 1] if i + 1 < len(instants) else None) for i, t in enumerate(instants)]
     changes: list[Change] = []
-    all_senders: list[Unit | None] = list(_sender_classes(b, a))
+    all_senders: list[Unit | None] = list(_sender_pairs(a, b))
     routes = (_routes_by_id(a), _routes_by_id(b))
     targets = (_targets(routes[0]), _targets(routes[1]))
     for hsa in sorted(set(a.units) | set(b.units)):
@@ -255,25 +276,29 @@ def diff_rules(old: RuleSet, new: RuleSet) -> list[Change]:
             by_sender = any(r.sender is not None or r.cross_provider is not None for r in cands)
             senders: list[Unit | None] = all_senders if by_sender else [None]
             subtypes: list[str | None] = [None, *sorted({s for r in cands if r.subtypes for s in r.subtypes})]
-            open_change: Change | None = None
+            open_changes: list[Change] = []
             for since, at, until in probes:
                 found = _probe(a, b, hsa, unit, kind, since, at, until, senders, subtypes, routes, targets)
-                if open_change is not None and found is not None and _same_change(open_change, found):
-                    open_change = dataclasses.replace(open_change, until_ms=found.until_ms)  # one interval
-                    continue
-                if open_change is not None:
-                    changes.append(open_change)
-                open_change = found
-            if open_change is not None:
-                changes.append(open_change)
+                still: list[Change] = []
+                for f in found:
+                    prev = next((o for o in open_changes if _same_change(o, f)), None)
+                    if prev is not None:  # the same change goes on: one interval
+                        open_changes.remove(prev)
+                        still.append(dataclasses.replace(prev, until_ms=f.until_ms))
+                    else:
+                        still.append(f)
+                changes.extend(open_changes)  # those that ended at this instant
+                open_changes = still
+            changes.extend(open_changes)
     return changes
 
 
 def _probe(a: Engine, b: Engine, hsa: str, unit: Unit, kind: str, since: int | None, at: int, until: int | None,
            senders: list[Unit | None], subtypes: list[str | None],
            routes: tuple[dict[str, list[CompiledRoute]], dict[str, list[CompiledRoute]]],
-           targets: tuple[dict[str, frozenset[tuple[str, tuple[str, ...]]]], ...]) -> Change | None:
-    """The change of one (unit × kind) at one instant, or None."""
+           targets: tuple[dict[str, frozenset[tuple[str, tuple[str, ...]]]], ...]) -> list[Change]:
+    """The changes of one (unit × kind) at one instant: one per distinct (before, after), each with
+    the messages it concerns; destination changes first."""
     groups: dict[tuple[Outcome, Outcome], list[tuple[Unit | None, str | None]]] = defaultdict(list)
     for sender in senders:
         for st in subtypes:
@@ -281,14 +306,14 @@ def _probe(a: Engine, b: Engine, hsa: str, unit: Unit, kind: str, since: int | N
             after = _outcome(b, hsa, kind, at, sender, st)
             if before != after:
                 groups[(before, after)].append((sender, st))
-    if not groups:
-        return None
-    # a destination change wins over a rule-only one; then the one that concerns the most messages
-    (before, after), group = max(groups.items(), key=lambda kv: (kv[0][0][0] != kv[0][1][0], len(kv[1])))
-    deciding = [*routes[1].get(after[1] or "", ()), *routes[0].get(before[1] or "", ())]
-    return Change(kind, hsa, unit.unit_type, unit.etapp, since, until, before[0], after[0], before[1], after[1],
-                  _causes(a, b, hsa, before[1], after[1], targets), before[0] != after[0],
-                  _scope(group, senders, subtypes, deciding))
+    out = []
+    for (before, after), group in sorted(groups.items(), key=lambda kv: (kv[0][0][0] == kv[0][1][0], -len(kv[1]),
+                                                                        str(kv[0]))):
+        deciding = [*routes[1].get(after[1] or "", ()), *routes[0].get(before[1] or "", ())]
+        out.append(Change(kind, hsa, unit.unit_type, unit.etapp, since, until, before[0], after[0], before[1],
+                          after[1], _causes(a, b, hsa, before[1], after[1], targets), before[0] != after[0],
+                          _scope(group, senders, subtypes, deciding)))
+    return out
 
 
 def _same_change(x: Change, y: Change) -> bool:
