@@ -17,20 +17,17 @@ one JSON object with the medians and that floor.
 
 from __future__ import annotations
 
-import gc
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.engine import N_MESSAGES, RUNS, generate_large, harness, messages, rate  # noqa: E402
+from bench.engine import INSTANTS, RUNS, engines_and_messages, harness, rate  # noqa: E402
 from router.rules.engine import Engine  # noqa: E402
-from router.rules.load import load_rules  # noqa: E402
 
 
 def lookup(engine: Engine, msgs: list[dict]) -> float:
@@ -49,12 +46,8 @@ def ns(rates: list[float]) -> float:
 
 
 def main() -> None:
-    small = Engine(load_rules(REPO / "rules"))
-    with tempfile.TemporaryDirectory() as tmp:
-        large = Engine(load_rules(generate_large(Path(tmp) / "rules")))
-    instants = [1_700_000_000_000 + i * 20_000_000_000 for i in range(8)]
-    gc.collect()
-    ms, ml = messages(small, N_MESSAGES, 1), messages(large, N_MESSAGES, 2)
+    small, large, ms, ml = engines_and_messages()
+    instants = INSTANTS
     rate(small, ms, instants), rate(large, ml, instants)  # warm up, as bench/engine.py
     lookup(small, ms), lookup(large, ml)
     r: dict[str, list[float]] = {k: [] for k in ("loop_s", "loop_l", "lookup_s", "lookup_l", "decide_s", "decide_l")}

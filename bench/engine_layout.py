@@ -20,11 +20,9 @@ directory has 10,000 units. Last line: one JSON object with the medians.
 
 from __future__ import annotations
 
-import gc
 import json
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.engine import N_MESSAGES, RUNS, generate_large, messages, rate  # noqa: E402
+from bench.engine import INSTANTS, RUNS, engines_and_messages, rate  # noqa: E402
 from router.decision import Decision  # noqa: E402
 from router.envelope import KINDS  # noqa: E402
 from router.rules.engine import Engine  # noqa: E402
-from router.rules.load import load_rules  # noqa: E402
 
 SHARED = Decision("routed", ("x",), "r", "v", None, None, "one shared decision")
 Record = tuple[Any, ...]
@@ -94,12 +91,8 @@ def flat(engine: Engine, recs: dict[str, Record], at: dict[str, int]) -> Stand:
 
 
 def main() -> None:
-    small = Engine(load_rules(REPO / "rules"))
-    with tempfile.TemporaryDirectory() as tmp:
-        large = Engine(load_rules(generate_large(Path(tmp) / "rules")))
-    instants = [1_700_000_000_000 + i * 20_000_000_000 for i in range(8)]
-    gc.collect()
-    ms, ml = messages(small, N_MESSAGES, 1), messages(large, N_MESSAGES, 2)
+    small, large, ms, ml = engines_and_messages()
+    instants = INSTANTS
     sides: dict[str, tuple[Any, Any]] = {
         "lookup": (lookup_only(records(small, False)[0]), lookup_only(records(large, False)[0])),
         "flat, hot": (flat(small, *records(small, True)), flat(large, *records(large, True))),

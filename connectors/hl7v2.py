@@ -332,8 +332,7 @@ def patient_of(msg: Message) -> tuple[str, str]:
         try:
             norm, real = parse_patient_id(value)
         except IdentifierError as exc:
-            what = str(exc).removeprefix("patient identifier: ")
-            raise PatientError(f"invalid patient identifier in PID-3: {what}") from None
+            raise PatientError(f"invalid patient identifier in PID-3: {exc}") from None
         if real != kind:
             raise PatientError(f"invalid patient identifier in PID-3: a {real} under the {kind} OID")
         return norm, real

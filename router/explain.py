@@ -51,7 +51,7 @@ def envelope_from_json(data: bytes) -> dict[str, Any]:
         loc = ".".join(str(p) for p in first["loc"])
         msg = first["msg"].removeprefix("Value error, ")
         if loc.startswith("patient"):
-            raise MappingError(f"invalid patient identifier: {msg.removeprefix('patient identifier: ')}") from None
+            raise MappingError(f"invalid patient identifier: {msg}") from None
         raise MappingError(f"invalid envelope: {loc}: {msg}") from None
 
 
@@ -69,8 +69,7 @@ def to_record(data: bytes, received_ms: int) -> dict[str, Any]:
         try:
             return map_hl7(stripped.rstrip(b"\x1c\r\n"), received_ms=received_ms, source="explain").to_record()
         except IdentifierError as exc:
-            raise MappingError(f"invalid patient identifier: {str(exc).removeprefix('patient identifier: ')}") \
-                from None
+            raise MappingError(f"invalid patient identifier: {exc}") from None
     raise MappingError("the file is neither HL7 v2 (starting with MSH) nor an envelope as JSON")
 
 

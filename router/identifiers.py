@@ -48,18 +48,19 @@ def parse_patient_id(text: str, today: dt.date | None = None) -> tuple[str, Pati
     """Normalise a personnummer or samordningsnummer to 12 digits and tell which it is.
 
     Accepts ``YYYYMMDDNNNC``, ``YYYYMMDD-NNNC``, ``YYMMDD-NNNC`` and ``YYMMDD+NNNC`` (+ = 100 years
-    or older). Raises :class:`IdentifierError` without echoing the value.
+    or older). Raises :class:`IdentifierError` saying what is wrong, without echoing the value and
+    without naming the subject (callers say "invalid patient identifier ...").
     """
     if not isinstance(text, str):
-        raise IdentifierError("patient identifier must be a string")
+        raise IdentifierError("not text")
     m = _PNR_RE.match(text.strip())
     if not m:
-        raise IdentifierError("patient identifier is not 10 or 12 digits in a personnummer layout")
+        raise IdentifierError("not 10 or 12 digits in a personnummer layout")
     century, yymmdd, sep, tail = m.groups()
     if century is not None and sep == "+":
-        raise IdentifierError("patient identifier: '+' separator only allowed with a 2-digit year")
+        raise IdentifierError("'+' separator only allowed with a 2-digit year")
     if not luhn_ok(yymmdd + tail):
-        raise IdentifierError("patient identifier: Luhn check digit does not match")
+        raise IdentifierError("Luhn check digit does not match")
     yy, mm, dd = int(yymmdd[:2]), int(yymmdd[2:4]), int(yymmdd[4:6])
     kind: PatientIdType = "personnummer"
     if dd > 60:
@@ -116,7 +117,7 @@ class PatientId(BaseModel):
             value, kind = parse_patient_id(data["value"])
             declared = data.get("type")
             if declared is not None and declared != kind:
-                raise IdentifierError(f"patient identifier is a {kind}, declared as {declared}")
+                raise IdentifierError(f"a {kind}, declared as {declared}")
             return {"value": value, "type": kind, "oid": OID_BY_TYPE[kind]}
         return data
 

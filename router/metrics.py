@@ -70,7 +70,6 @@ class WorkerMetrics:
         self.rules_loaded.set(loaded_at_s)
 
 
-
 @dataclass(frozen=True, slots=True)
 class EtappView:
     """One etapp as the worker routes it now."""

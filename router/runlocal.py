@@ -290,8 +290,8 @@ def is_traffic(c: Child) -> bool:
     return c.name.startswith(("traffic", "sender"))
 
 
-def wait_ready(children: list[Child], inbound_topic: str, partitions: int, echo: Callable[[str], None],
-               timeout_s: float = 90.0, stopping: Callable[[], bool] = lambda: False) -> str | None:
+def wait_ready(children: list[Child], inbound_topic: str, partitions: int, timeout_s: float = 90.0,
+               stopping: Callable[[], bool] = lambda: False) -> str | None:
     """Wait until the workers have read the control topic and own every inbound partition between
     them, so that the first messages do not wait for the consumer group to form. None when they do,
     else why not."""
@@ -361,8 +361,7 @@ def run_stack(settings: Settings, workers: int, rate: float, duration: float | N
             where = f", metrics http://127.0.0.1:{c.metrics_port}/metrics" if c.metrics_port else ""
             echo(f"started {c.name} pid {c.proc.pid if c.proc else '?'}{where}")
         echo("waiting for the workers to own the inbound partitions …")
-        not_ready = wait_ready(children, settings.inbound_topic, settings.partitions, echo,
-                               stopping=lambda: stopping)
+        not_ready = wait_ready(children, settings.inbound_topic, settings.partitions, stopping=lambda: stopping)
         if not_ready and not stopping:
             echo(f"{not_ready}; starting the traffic anyway (see the worker logs in {log_dir})")
         for c in [c for c in children if is_traffic(c)]:

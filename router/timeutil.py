@@ -15,13 +15,14 @@ def parse_cli_instant(text: str | None) -> int:
     """Epoch milliseconds. ``None``/``now`` → now; a time without zone is Europe/Stockholm local time."""
     if text is None or text.strip().lower() == "now":
         return int(time.time() * 1000)
-    from router.rules.model import parse_instant, wall_time
+    from router.rules.model import WallTimeError, parse_instant, wall_time
 
     try:
         return int(parse_instant(text).timestamp() * 1000)
-    except ValueError as exc:
-        if "the clocks" in str(exc):  # a wall-clock time the zone skips or shows twice
-            raise ConfigError(str(exc)) from None
+    except WallTimeError as exc:
+        raise ConfigError(str(exc)) from None
+    except ValueError:
+        pass
     try:
         value = dt.datetime.fromisoformat(text.strip().replace(" ", "T", 1))
     except ValueError:
@@ -29,7 +30,7 @@ def parse_cli_instant(text: str | None) -> int:
     if value.tzinfo is None:
         try:
             value = wall_time(value, STOCKHOLM, text)
-        except ValueError as exc:
+        except WallTimeError as exc:
             raise ConfigError(str(exc)) from None
     return int(value.timestamp() * 1000)
 

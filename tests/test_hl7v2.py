@@ -156,6 +156,7 @@ def test_invalid_personnummer_error_never_echoes_the_number() -> None:
     with pytest.raises(PatientError) as exc:
         map_hl7(msg(pid=f"PID|1||{bad}^^^&1.2.752.129.2.1.3.1&ISO"))
     assert bad not in str(exc.value) and bad[2:] not in str(exc.value) and "Luhn" in str(exc.value)
+    assert str(exc.value).count("patient identifier") == 1, str(exc.value)  # said once, by the wrapper
     samordning = pnr(3, samordning=True)
     with pytest.raises(PatientError, match="samordningsnummer under the personnummer OID"):
         map_hl7(msg(pid=f"PID|1||{samordning}^^^&1.2.752.129.2.1.3.1&ISO"))
@@ -165,6 +166,7 @@ def test_invalid_personnummer_error_never_echoes_the_number() -> None:
             map_hl7(msg(pid=f"PID|1||LOCAL-7^^^X~{shown}"))
         text = str(exc.value)
         assert "Luhn" in text and "invalid patient identifier" in text and bad[2:8] not in text, text
+        assert text.count("patient identifier") == 1, text
     with pytest.raises(PatientError, match="no patient identifier"):
         map_hl7(msg(pid="PID|1||LOCAL-7^^^X"))
 

@@ -15,6 +15,7 @@ from router.envelope import KINDS
 from router.rules.engine import CompiledRoute, Engine, Unit
 from router.rules.load import RuleSet, parse_rules
 from router.rules.model import NO_ROUTE
+from router.timeutil import fmt_minute as _fmt_ms
 
 UNKNOWN_SENDER = Unit("(unknown sender)", "", "", "", "", "", None)
 
@@ -65,12 +66,6 @@ def _applicable(cands: tuple[CompiledRoute, ...], receiver: Unit, senders: list[
         provider = None if known is None else known.care_provider
         for st in subtypes:
             yield sender, st, [r for r in cands if r.unconditional or r.sender_ok(known, provider, receiver, st)]
-
-
-def _fmt_ms(ms: int) -> str:
-    from router.timeutil import fmt_minute
-
-    return fmt_minute(ms)
 
 
 def check_rules(rules: RuleSet, label_root: str = "rules") -> list[str]:

@@ -149,8 +149,7 @@ def _unit_rows(reader: Any, text: str, label: str, problems: list[str]) -> dict[
             continue
         if len(row) != len(CSV_COLUMNS):
             runs_on = (f"; a quoted field opened on this line runs on to line {end}: is a quote not closed?"
-                       if end > line else "; is a quote not closed?" if '"' in "".join(row) or
-                       text.count('"') % 2 else "")
+                       if end > line else "; is a quote not closed?" if text.count('"') % 2 else "")
             problems.append(f"{label}:{line}: expected {len(CSV_COLUMNS)} columns, found {len(row)}{runs_on}")
             continue
         hsa, name, provider, _provider_name, area, muni, utype = (c.strip() for c in row)

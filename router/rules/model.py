@@ -26,6 +26,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class WallTimeError(ValueError):
+    """A wall-clock time that its zone skips or shows twice."""
+
+
 def wall_time(naive: dt.datetime, tz: dt.tzinfo, text: str) -> dt.datetime:
     """``naive`` as a wall-clock time in ``tz``; refused when the clocks skip it (spring) or show it
     twice (autumn), since either reading could be meant."""
@@ -34,9 +38,9 @@ def wall_time(naive: dt.datetime, tz: dt.tzinfo, text: str) -> dt.datetime:
         offsets = [_offset(x) for x in (first, second)]
         there = first.astimezone(dt.UTC).astimezone(tz).replace(tzinfo=None)
         if there != naive:
-            raise ValueError(f"instant {text!r} does not exist in {tz} (the clocks skip it); write an offset, "
+            raise WallTimeError(f"instant {text!r} does not exist in {tz} (the clocks skip it); write an offset, "
                              f"e.g. {offsets[0]} or {offsets[1]}")
-        raise ValueError(f"instant {text!r} occurs twice in {tz} (the clocks go back); write the offset: "
+        raise WallTimeError(f"instant {text!r} occurs twice in {tz} (the clocks go back); write the offset: "
                          f"{offsets[0]} for the first, {offsets[1]} for the second")
     return first
 

@@ -30,7 +30,6 @@ from router.settings import Settings
 from router.timeutil import fmt_ms
 from router.worker.control import ControlState, follow_control
 from router.worker.core import InRecord, OutRecord, RouterCore, observe_since_ms
-from router.worker.states import EtappChange
 
 log = logging.getLogger("samex.worker")
 
@@ -48,8 +47,7 @@ class WorkerRuntime:
         except RulesError as exc:
             raise RulesError([f"cannot start: the rule set in {settings.rules_dir} is invalid", *exc.problems]) \
                 from exc
-        self.control = ControlState(engine, on_rules=self._on_rules, on_refused=self._on_refused,
-                                    on_etapp=self._on_etapp)
+        self.control = ControlState(engine, on_rules=self._on_rules, on_refused=self._on_refused)
         self.core = RouterCore(settings, self.codec, self.metrics, engine, self.control.states, settings.worker_id)
         self.metrics.set_rules(engine.version, time.time())
         self.metrics.etapp_view = self.etapp_view
@@ -73,9 +71,6 @@ class WorkerRuntime:
 
     def _on_refused(self, reason: str, problems: list[str]) -> None:
         self.metrics.rules_refused.labels(reason).inc()
-
-    def _on_etapp(self, change: EtappChange) -> None:
-        """Nothing to do: the etapp series are read from the state book at each scrape."""
 
     def etapp_view(self) -> list[EtappView]:
         """Each etapp of the active rule set as it routes now (the samex_etapp_* series)."""

@@ -99,11 +99,10 @@ class ControlState:
     so that a restart does not raise the alert again for a record refused long ago."""
 
     def __init__(self, engine: Engine, on_rules: Callable[[Engine], None] | None = None,
-                 on_refused: Callable[[str, list[str]], None] | None = None,
-                 on_etapp: Callable[[EtappChange], None] | None = None) -> None:
+                 on_refused: Callable[[str, list[str]], None] | None = None) -> None:
         self.engine = engine
         self.states = StateBook()
-        self.on_rules, self.on_refused, self.on_etapp = on_rules, on_refused, on_etapp
+        self.on_rules, self.on_refused = on_rules, on_refused
         self.replays: list[dict[str, Any]] = []
         self.applied = 0
         self.live = True  # follow_control sets it False while it reads what was there at start-up
@@ -125,10 +124,7 @@ class ControlState:
             if kind == "rules":
                 self._apply_rules(record, offset)
             elif kind == "etapp_state":
-                change = etapp_change(record, self.engine)
-                self.states.apply(change)
-                if self.on_etapp:
-                    self.on_etapp(change)
+                self.states.apply(etapp_change(record, self.engine))
             elif kind == "replay":
                 self.replays.append(record)
         except ControlRecordError as exc:
